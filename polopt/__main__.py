@@ -1,0 +1,3 @@
+from polopt.train import main
+
+main()

@@ -1,0 +1,49 @@
+"""The flat batch every updater receives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """Flat [B, ...] tensors on the update device.
+
+    ``old_params`` are the distribution parameters the actions were sampled with (a GaussianParams
+    or CategoricalParams tuple), so KL(π_old‖π) and the Fisher are analytic.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    old_params: Any
+    old_log_prob: Tensor
+    advantages: Tensor
+    returns: Tensor
+    old_values: Tensor
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+    def _map(self, fn) -> Batch:  # type: ignore[no-untyped-def]
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = type(value)(*(fn(t) for t in value)) if isinstance(value, tuple) else fn(value)
+        return Batch(**out)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def index(self, idx: Tensor | slice) -> Batch:
+        return self._map(lambda t: t[idx])
+
+    def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Yields `num_minibatches` disjoint random minibatches covering the batch once."""
+        perm = torch.randperm(len(self), generator=generator).to(self.obs.device)
+        for chunk in perm.chunk(num_minibatches):
+            yield self.index(chunk)
