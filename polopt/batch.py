@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -29,8 +29,8 @@ class Batch:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
-    def _map(self, fn) -> Batch:  # type: ignore[no-untyped-def]
-        out = {}
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = type(value)(*(fn(t) for t in value)) if isinstance(value, tuple) else fn(value)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+
 @dataclass(frozen=True)
 class Range:
     """Allowed values of a numeric field: low ≤ x ≤ high (low < x when ``open_low``)."""
@@ -111,6 +112,7 @@ class RolloutConfig:
     gae_lambda: float = 0.95
     normalize_advantages: bool = True
     scale_rewards: bool = False
+    bootstrap_truncated: bool = True  # V(final obs) at time limits; false treats them as terminal
     ranges: ClassVar[dict[str, Range]] = {"gamma": UNIT, "gae_lambda": UNIT}
 
 
@@ -169,7 +171,7 @@ def _check_node(node: DictConfig, path: str) -> None:
     for key, allowed_range in getattr(schema, "ranges", {}).items():
         value = node.get(key)
         if value is not None and value not in allowed_range:
-            raise ConfigError(f"{path}{key}={value} is out of range: it must be {allowed_range}")
+            raise ConfigError(f"{path}{key}={value!r} is out of range: it must be {allowed_range}")
     for key, allowed in getattr(schema, "choices", {}).items():
         if node.get(key) not in allowed:
             raise ConfigError(f"{path}{key}={node.get(key)!r} is not allowed: choose one of {allowed}")
@@ -181,6 +183,7 @@ def validate(cfg: DictConfig | ListConfig, path: str = "") -> None:
         return
     _check_node(cfg, path)
     for key in cfg:
+        key = str(key)
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             validate(child, f"{path}{key}.")

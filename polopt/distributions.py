@@ -107,7 +107,8 @@ class Categorical:
         log_q = torch.log_softmax(q.logits, dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(-1)
 
-    def fisher_vector_product(self, params: CategoricalParams, vector: CategoricalParams) -> CategoricalParams:
+    def fisher_vector_product(self, params: CategoricalParams,
+                              vector: CategoricalParams) -> CategoricalParams:
         """Closed-form Fisher w.r.t. the logits times a vector: (diag(p) − ppᵀ) v."""
         probs = torch.softmax(params.logits, dim=-1)
         pv = (probs * vector.logits).sum(-1, keepdim=True)

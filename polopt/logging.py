@@ -61,7 +61,7 @@ class WandbLogger:
                  tags: list[str] | None = None):
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"logger.mode must be offline, online or disabled, got {mode!r}")
-        self.kwargs = {"project": project, "mode": mode, "entity": entity, "group": group,
+        self.kwargs: dict[str, Any] = {"project": project, "mode": mode, "entity": entity, "group": group,
                        "job_type": job_type, "name": name, "tags": list(tags or [])}
         self.run: Any = None
 

@@ -27,6 +27,10 @@ class ObsNormalizer(nn.Module):
     parameters a rollout was sampled with can be recomputed exactly from the stored observations.
     """
 
+    mean: Tensor
+    var: Tensor
+    count: Tensor
+
     def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8, enabled: bool = True):
         super().__init__()
         self.clip = clip
@@ -46,18 +50,18 @@ class ObsNormalizer(nn.Module):
     def update(self, obs: Tensor) -> None:
         if not self.enabled:
             return
-        batch = obs.reshape(-1, *self.mean.shape).to(self.mean)
+        batch = obs.reshape(-1, *tuple(self.mean.shape)).to(self.mean)
         mean, var, count = merge_moments(self.mean, self.var, self.count, batch)
         self.mean.copy_(mean)
         self.var.copy_(var)
         self.count.copy_(count)
         self._refresh()
 
-    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._refresh()
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
         self._refresh()
         return out

@@ -69,13 +69,16 @@ class Collector:
         self.episodes = EpisodeTracker(self.num_envs)
         self.action_space = envs.single_action_space
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        if not self.discrete:
+            assert isinstance(self.action_space, gym.spaces.Box)
+            self._low, self._high = self.action_space.low, self.action_space.high
         self.global_step = 0
         obs_shape = envs.single_observation_space.shape
         assert obs_shape is not None
         shape = (steps_per_env, self.num_envs)
         self._obs = np.zeros((*shape, *obs_shape), dtype=np.float32)
         self._next_obs = np.zeros_like(self._obs)
-        act_shape = () if self.discrete else self.action_space.shape
+        act_shape: tuple[int, ...] = () if self.discrete else tuple(self.action_space.shape or ())
         self._actions = np.zeros((*shape, *act_shape), dtype=np.int64 if self.discrete else np.float32)
         self._rewards = np.zeros(shape, dtype=np.float32)
         self._terminated = np.zeros(shape, dtype=bool)
@@ -98,7 +101,7 @@ class Collector:
         # The log-prob sees the sampled action; only what the env receives is clipped to its bounds.
         if self.discrete:
             return actions
-        return np.clip(actions, self.action_space.low, self.action_space.high)
+        return np.clip(actions, self._low, self._high)
 
     def _step(self, t: int, actions: np.ndarray) -> None:
         next_obs, rewards, terminated, truncated, info = self.envs.step(self._to_env_action(actions))
@@ -127,8 +130,8 @@ class Collector:
         for t in range(self.steps_per_env):
             params = policy(torch.from_numpy(self.obs))
             self._step(t, dist.sample(params).numpy())
-        return Rollout(*(torch.from_numpy(a.copy()) for a in (
-            self._obs, self._actions, self._rewards, self._terminated, self._truncated, self._next_obs)))
+        buffers = (self._obs, self._actions, self._rewards, self._terminated, self._truncated, self._next_obs)
+        return Rollout(*[torch.from_numpy(a.copy()) for a in buffers])
 
     def state_dict(self) -> dict:
         return {"global_step": self.global_step,
@@ -142,15 +145,21 @@ class Collector:
 
 @torch.no_grad()
 def rollout_to_batch(rollout: Rollout, policy: Policy, value: nn.Module, gamma: float, gae_lambda: float,
-                     normalize_advantages: bool, device: torch.device) -> Batch:
-    """Values, GAE and old distribution parameters for a rollout, flattened to one batch on `device`."""
+                     normalize_advantages: bool, device: torch.device, bootstrap_truncated: bool = True) -> Batch:
+    """Values, GAE and old distribution parameters for a rollout, flattened to one batch on `device`.
+
+    With ``bootstrap_truncated=False`` a time-limit truncation is treated like a termination (the
+    common bug this layer exists to avoid; kept as an option for ablations and tests)."""
     obs = rollout.obs.to(device).flatten(0, 1)
     horizon, num_envs = rollout.rewards.shape
     values = value(obs)
     next_values = value(rollout.next_obs.to(device).flatten(0, 1)).view(horizon, num_envs)
+    terminated, truncated = rollout.terminated.to(device), rollout.truncated.to(device)
+    if not bootstrap_truncated:
+        terminated = terminated | truncated
     advantages, returns = generalized_advantage_estimation(
-        rollout.rewards.to(device), values.view(horizon, num_envs), next_values,
-        rollout.terminated.to(device), rollout.truncated.to(device), gamma, gae_lambda)
+        rollout.rewards.to(device), values.view(horizon, num_envs), next_values, terminated, truncated,
+        gamma, gae_lambda)
     actions = rollout.actions.to(device).flatten(0, 1)
     old_params = policy(obs)
     advantages = advantages.flatten()

@@ -22,6 +22,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     from polopt.trainer import Trainer, build
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required value(s): {', '.join(missing)} (set them as key=value)")
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
@@ -30,7 +33,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     trainer = Trainer(parts, logger, run_dir)
     if cfg.resume:
         trainer.load(cfg.resume)
-    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1
     try:
         trainer.train()

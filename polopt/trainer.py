@@ -104,7 +104,7 @@ class Trainer:
         rollout = p.collector.collect(p.acting_policy)
         collected = time.perf_counter()
         batch = rollout_to_batch(rollout, p.policy, p.value, rollout_cfg.gamma, rollout_cfg.gae_lambda,
-                                 rollout_cfg.normalize_advantages, p.device)
+                                 rollout_cfg.normalize_advantages, p.device, rollout_cfg.bootstrap_truncated)
         advantaged = time.perf_counter()
         metrics = p.updater.update(batch)
         if not all_finite(p.policy.parameters()):

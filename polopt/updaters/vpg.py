@@ -38,7 +38,8 @@ class VPG:
         dist = self.policy.distribution
         skipped = 0
         for _ in range(self.gradient_steps):
-            loss = policy_gradient_loss(dist.log_prob(self.policy(batch.obs), batch.actions), batch.advantages)
+            log_prob = dist.log_prob(self.policy(batch.obs), batch.actions)
+            loss = policy_gradient_loss(log_prob, batch.advantages)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))

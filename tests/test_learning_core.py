@@ -1,0 +1,10 @@
+"""VPG learns CartPole within a fixed budget (fixed seed)."""
+
+from __future__ import annotations
+
+from tests.conftest import final_return
+
+
+def test_vpg_reaches_400_on_cartpole(run_training):
+    rows = run_training(["updater=vpg", "env=cartpole", "seed=1", "total_steps=40960", "updater.lr=0.01"])
+    assert final_return(rows) >= 400
