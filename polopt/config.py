@@ -50,6 +50,7 @@ class EnvConfig:
     _target_: str = "polopt.envs.make_vector_env"
     id: str = MISSING
     num_envs: int = "${num_envs}"  # type: ignore[assignment]
+    backend: str = "gymnasium"
     vectorization: str = "sync"
     max_episode_steps: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
