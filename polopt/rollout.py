@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from polopt import env_state
 from polopt.advantages import generalized_advantage_estimation, normalize
 from polopt.batch import Batch
 from polopt.networks import Policy
@@ -134,13 +135,23 @@ class Collector:
         return Rollout(*[torch.from_numpy(a.copy()) for a in buffers])
 
     def state_dict(self) -> dict:
-        return {"global_step": self.global_step,
+        return {"global_step": self.global_step, "obs": self.obs.copy(), "envs": env_state.capture(self.envs),
+                "episodes": (self.episodes.returns.copy(), self.episodes.lengths.copy()),
                 "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> bool:
+        """Restores counters, scaler and, where the backend allows, the running episodes.
+
+        Returns whether the episodes were restored; if not, the envs keep the fresh episodes they
+        were reset to (the learner state is restored either way)."""
         self.global_step = state["global_step"]
         if self.reward_scaler is not None and state["reward_scaler"] is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if not env_state.restore(self.envs, state["envs"]):
+            return False
+        self.obs = state["obs"].copy()
+        self.episodes.returns, self.episodes.lengths = (a.copy() for a in state["episodes"])
+        return True
 
 
 @torch.no_grad()

@@ -37,15 +37,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     exit_code = 1
     try:
         trainer.train()
-        exit_code = 0
-    except KeyboardInterrupt:
-        path = trainer.save()
-        print(f"\ninterrupted: checkpoint written to {path}", file=sys.stderr)
-        exit_code = 130
-        raise SystemExit(130) from None
+        exit_code = 130 if trainer.interrupted else 0
     finally:
         logger.finish(exit_code)
         parts.envs.close()
+    if trainer.interrupted:
+        print(f"interrupted: checkpoint written to {trainer.checkpoint_path}", file=sys.stderr)
+        raise SystemExit(130)
     return trainer.checkpoint_path
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +93,7 @@ class Trainer:
         self.run_dir = run_dir
         self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
         self.iteration = 0
+        self.interrupted = False
         self.steps_per_iteration = self.cfg.num_envs * self.cfg.steps_per_env
         self.num_iterations = math.ceil(self.cfg.total_steps / self.steps_per_iteration)
 
@@ -133,12 +137,24 @@ class Trainer:
         recent = self.parts.collector.episodes.recent
         return sum(r for r, _ in recent) / len(recent) if recent else math.nan
 
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        # The first Ctrl-C lets the current iteration finish so the checkpoint is consistent;
+        # a second one interrupts at once.
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\nstopping after this iteration (Ctrl-C again to abort at once)", file=sys.stderr)
+
     def train(self) -> None:
+        """Trains to the step budget, or until Ctrl-C; always ends with a checkpoint."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_file = MetricsFile(self.run_dir / "metrics.jsonl")
         bar = tqdm(total=self.num_iterations * self.steps_per_iteration, initial=self.global_step,
                    unit="step", unit_scale=True, dynamic_ncols=True, disable=not self.cfg.progress)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
         try:
-            while self.iteration < self.num_iterations:
+            while self.iteration < self.num_iterations and not self.interrupted:
                 metrics = self.iterate()
                 metrics_file.log(metrics, self.global_step)
                 self.logger.log(metrics, self.global_step)
@@ -147,6 +163,8 @@ class Trainer:
                 if self.iteration % self.cfg.checkpoint_every == 0:
                     self.save()
         finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
             bar.close()
             metrics_file.close()
         self.save()
@@ -168,13 +186,15 @@ class Trainer:
         return self.checkpoint_path
 
     def load(self, path: Path | str) -> None:
-        """Restores the learner state. Envs are not restored: they start fresh episodes on resume."""
+        """Restores the learner state exactly, and the running episodes where the env backend allows
+        (in-process envs); otherwise the envs continue from the fresh episodes they were reset to."""
         state = checkpoint.load(path)
         p = self.parts
         p.policy.load_state_dict(state["policy"])
         p.value.load_state_dict(state["value"])
         p.updater.load_state_dict(state["updater"])
-        p.collector.load_state_dict(state["collector"])
+        if not p.collector.load_state_dict(state["collector"]):
+            print("resume: this env backend cannot restore running episodes; starting fresh ones", file=sys.stderr)
         if p.acting_policy is not p.policy:
             p.acting_policy.load_state_dict(p.policy.state_dict())
         self.iteration = state["iteration"]
