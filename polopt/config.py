@@ -134,10 +134,12 @@ class Config:
     resume: str | None = None
     progress: bool = True
     torch_threads: int | None = None
+    nonfinite: str = "skip"  # skip: skipped updates are counted and the run goes on; raise: stop with an error
     ranges: ClassVar[dict[str, Range]] = {"total_steps": AT_LEAST_ONE, "num_envs": AT_LEAST_ONE,
                                           "steps_per_env": AT_LEAST_ONE, "checkpoint_every": AT_LEAST_ONE,
                                           "torch_threads": AT_LEAST_ONE, "seed": NON_NEGATIVE}
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {"device": ("auto", "cpu", "cuda")}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"device": ("auto", "cpu", "cuda"),
+                                                      "nonfinite": ("skip", "raise")}
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

@@ -10,6 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from polopt.config import ConfigError, register_schemas, validate
+from polopt.guards import NonFiniteError
+from polopt.rollout import NonFiniteEnvError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -54,6 +56,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (NonFiniteError, NonFiniteEnvError) as err:
+        print(f"Stopped: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

@@ -111,8 +111,7 @@ class Trainer:
                                  rollout_cfg.normalize_advantages, p.device, rollout_cfg.bootstrap_truncated)
         advantaged = time.perf_counter()
         metrics = p.updater.update(batch)
-        if not all_finite(p.policy.parameters()):
-            raise NonFiniteError(f"policy parameters became non-finite at iteration {self.iteration}")
+        self._check_finite(metrics)
         metrics.update(common_metrics(p.policy, batch))
         p.policy.obs_normalizer.update(rollout.obs.to(p.device))
         if p.acting_policy is not p.policy:
@@ -124,6 +123,15 @@ class Trainer:
                         "time/update_s": end - advantaged, "time/iteration_s": end - start,
                         "time/sps": self.steps_per_iteration / (end - start), "iteration": self.iteration})
         return metrics
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """Updaters skip non-finite steps and count them (``update/*skipped_steps``); ``nonfinite=raise`` stops."""
+        skipped = {k: v for k, v in metrics.items() if k.endswith("skipped_steps") and v > 0}
+        if skipped and self.cfg.nonfinite == "raise":
+            raise NonFiniteError(f"non-finite numbers at iteration {self.iteration + 1} (global step "
+                                 f"{self.global_step}): {skipped}; the weights were left unchanged")
+        if not all_finite([*self.parts.policy.parameters(), *self.parts.value.parameters()]):
+            raise NonFiniteError(f"parameters became non-finite at iteration {self.iteration + 1}")
 
     def _episode_metrics(self) -> dict[str, float]:
         finished = self.parts.collector.episodes.pop_finished()
