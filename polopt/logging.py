@@ -70,7 +70,12 @@ class WandbLogger:
 
         if self.kwargs["mode"] == "offline":
             os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(dir=str(run_dir), config=config, reinit="finish_previous", **self.kwargs)
+        # Job type and tags default to the chosen updater and env, so sweeps filter and group by them.
+        choices = config.get("choices", {})
+        kwargs = dict(self.kwargs)
+        kwargs["job_type"] = kwargs["job_type"] or choices.get("updater")
+        kwargs["tags"] = sorted({*kwargs["tags"], *(choices[k] for k in ("updater", "env") if k in choices)})
+        self.run = wandb.init(dir=str(run_dir), config=config, reinit="finish_previous", **kwargs)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
