@@ -134,6 +134,7 @@ class Config:
     resume: str | None = None
     progress: bool = True
     torch_threads: int | None = None
+    deterministic: bool = False  # torch deterministic algorithms (matters on CUDA; CPU runs repeat anyway)
     nonfinite: str = "skip"  # skip: skipped updates are counted and the run goes on; raise: stop with an error
     ranges: ClassVar[dict[str, Range]] = {"total_steps": AT_LEAST_ONE, "num_envs": AT_LEAST_ONE,
                                           "steps_per_env": AT_LEAST_ONE, "checkpoint_every": AT_LEAST_ONE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
 import sys
 import threading
@@ -54,8 +55,17 @@ class Components:
         self.acting_policy = self.policy if cpu else copy.deepcopy(self.policy).cpu()
 
 
+def make_deterministic() -> None:
+    """Deterministic torch kernels; cuBLAS needs a fixed workspace for that (set before CUDA starts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def build(cfg: DictConfig) -> Components:
     """Seeds everything and builds envs, networks, updater and collector from the config."""
+    if cfg.deterministic:
+        make_deterministic()
     checkpoint.seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

@@ -45,3 +45,14 @@ def final_return(rows: list[dict], last: int = 5) -> float:
 def run_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[dict]]:
     monkeypatch.chdir(tmp_path)
     return lambda overrides, name="run": train(overrides, tmp_path / name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
