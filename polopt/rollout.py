@@ -172,7 +172,10 @@ def rollout_to_batch(rollout: Rollout, policy: Policy, value: nn.Module, gamma: 
         rollout.rewards.to(device), values.view(horizon, num_envs), next_values, terminated, truncated,
         gamma, gae_lambda)
     actions = rollout.actions.to(device).flatten(0, 1)
-    old_params = policy(obs)
+    # Copies: a state-independent log-std comes back as a view of the live parameter, which the
+    # update would otherwise move under the "old" distribution.
+    params = policy(obs)
+    old_params = type(params)(*(t.clone() for t in params))
     advantages = advantages.flatten()
     return Batch(
         obs=obs,

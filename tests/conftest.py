@@ -14,7 +14,7 @@ from polopt.config import register_schemas
 from polopt.logging import read_metrics
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-FAST = ["logger=none", "progress=false"]
+FAST = ["logger=none", "progress=false", "torch_threads=1"]
 
 register_schemas()
 # MuJoCo writes MUJOCO_LOG.TXT into the working directory on warnings; keep runs out of the repo.

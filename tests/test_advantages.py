@@ -106,3 +106,19 @@ def test_normalize_and_explained_variance():
     assert abs(n.mean().item()) < 1e-6 and abs(n.std().item() - 1.0) < 1e-6
     assert explained_variance(x, x) == 1.0
     assert abs(explained_variance(torch.zeros(4), x)) < 1e-6
+
+
+def test_old_params_do_not_move_when_the_policy_is_updated():
+    import gymnasium as gym
+
+    from polopt.networks import make_policy
+
+    policy = make_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)))
+    rollout = Rollout(obs=torch.zeros(2, 1, 3), actions=torch.zeros(2, 1, 2), rewards=torch.zeros(2, 1),
+                      terminated=torch.zeros(2, 1, dtype=torch.bool), truncated=torch.zeros(2, 1, dtype=torch.bool),
+                      next_obs=torch.zeros(2, 1, 3))
+    value = ObsValue()
+    batch = rollout_to_batch(rollout, policy, value, 0.99, 0.95, False, torch.device("cpu"))
+    with torch.no_grad():
+        policy.log_std.add_(1.0)
+    assert torch.equal(batch.old_params.log_std, torch.zeros(2, 2))
