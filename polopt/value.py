@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from polopt.guards import all_finite
+from polopt.optim import adam
 
 
 class ValueFitter:
@@ -19,7 +20,7 @@ class ValueFitter:
                  max_grad_norm: float | None = None, clip_range: float | None = None):
         self.value = value
         self.params = [p for p in value.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = adam(self.params, lr)
         self.epochs = epochs
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm

@@ -20,6 +20,7 @@ from polopt.batch import Batch
 from polopt.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, ValueFitterConfig
 from polopt.guards import all_finite
 from polopt.networks import Policy
+from polopt.optim import adam
 from polopt.updaters.base import ValueFitterFactory
 from polopt.updaters.ppo_losses import (
     AdaptiveKLPenalty,
@@ -95,7 +96,7 @@ class PPO:
         self.joint = value_training == "joint"
         self.params = unique_parameters([policy, value] if self.joint else [policy])
         self.lr = lr
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = adam(self.params, lr)
         self.epochs = epochs
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm

@@ -13,6 +13,7 @@ from polopt.batch import Batch
 from polopt.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, ValueFitterConfig
 from polopt.guards import all_finite
 from polopt.networks import Policy
+from polopt.optim import adam
 from polopt.updaters.base import ValueFitterFactory
 
 
@@ -28,7 +29,7 @@ class VPG:
                  lr: float = 3e-4, gradient_steps: int = 1, max_grad_norm: float | None = None):
         self.policy = policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = adam(self.params, lr)
         self.gradient_steps = gradient_steps
         self.max_grad_norm = max_grad_norm
         self.value_fitter = value_fitter(value)
