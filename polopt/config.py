@@ -112,7 +112,7 @@ class RolloutConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     normalize_advantages: bool = True
-    scale_rewards: bool = False
+    scale_rewards: bool = True
     bootstrap_truncated: bool = True  # V(final obs) at time limits; false treats them as terminal
     ranges: ClassVar[dict[str, Range]] = {"gamma": UNIT, "gae_lambda": UNIT}
 
