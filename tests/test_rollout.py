@@ -87,7 +87,8 @@ def test_constant_reward_value_reaches_one_over_one_minus_gamma_only_with_bootst
                               "updater.value_fitter.epochs=10", "updater.value_fitter.minibatches=4",
                               "env.id=polopt-test/Counter-v0", "+env.kwargs.constant_obs=true",
                               "env.max_episode_steps=20", "num_envs=2", "steps_per_env=64",
-                              "rollout.gamma=0.98", f"rollout.bootstrap_truncated={bootstrap}"])
+                              "rollout.gamma=0.98", "rollout.scale_rewards=false",
+                              f"rollout.bootstrap_truncated={bootstrap}"])
         parts = build(cfg)
         for _ in range(150):
             rollout = parts.collector.collect(parts.policy)
