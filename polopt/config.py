@@ -105,6 +105,7 @@ class WandbLoggerConfig:
 @dataclass
 class NoLoggerConfig:
     _target_: str = "polopt.logging.NoLogger"
+    group: str | None = None  # accepted (and ignored) so sweeps that set a W&B group also run with logger=none
 
 
 @dataclass

@@ -42,6 +42,9 @@ def read_metrics(path: Path | str) -> list[dict[str, Any]]:
 class NoLogger:
     """Logs nothing beyond the local metrics file."""
 
+    def __init__(self, group: str | None = None):
+        self.group = group
+
     def start(self, run_dir: Path, config: dict[str, Any]) -> None:
         pass
 

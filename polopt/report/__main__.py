@@ -1,0 +1,3 @@
+from polopt.report.cli import main
+
+main()
