@@ -134,7 +134,7 @@ class Config:
     checkpoint_every: int = 50
     resume: str | None = None
     progress: bool = True
-    torch_threads: int | None = None
+    torch_threads: int | None = 1
     deterministic: bool = False  # torch deterministic algorithms (matters on CUDA; CPU runs repeat anyway)
     nonfinite: str = "skip"  # skip: skipped updates are counted and the run goes on; raise: stop with an error
     ranges: ClassVar[dict[str, Range]] = {"total_steps": AT_LEAST_ONE, "num_envs": AT_LEAST_ONE,

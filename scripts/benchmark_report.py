@@ -1,0 +1,139 @@
+"""BENCHMARKS.md from the dict scripts/benchmark.py writes to results/benchmark.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _number(value: Any, digits: int = 0) -> str:
+    if isinstance(value, bool) or value is None:
+        return "–" if value is None else str(value).lower()
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, dict):
+        return [pair for key, value in tree.items() for pair in _flatten(value, f"{prefix}{key}/")]
+    return [(prefix.rstrip("/"), tree)]
+
+
+def machine_section(result: dict) -> list[str]:
+    m = result["machine"]
+    rows = [("CPU", m["cpu"]), ("cores available / used", f"{m['cores_available']} / {m['cores_used']}"),
+            ("load average at start / end (1, 5, 15 min)",
+             f"{_loads(m['load_average_at_start'])} / {_loads(m.get('load_average_at_end'))}"),
+            ("python / torch / mujoco / gymnasium / envpool",
+             f"{m['python']} / {m['torch']} / {m['mujoco']} / {m['gymnasium']} / {m['envpool'] or 'not installed'}"),
+            ("CUDA device", m.get("cuda_device", "none")), ("date", m["date"])]
+    return ["## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+
+
+def _loads(loads: list[float] | None) -> str:
+    return ", ".join(f"{x:.2f}" for x in loads) if loads else "–"
+
+
+def physics_section(result: dict) -> list[str]:
+    raw = result["raw_physics"]
+    return ["## Raw physics (the limit)", "",
+            f"A plain `mujoco.mj_step(model, data, nstep={raw['frame_skip']})` loop on {result['env_id']}'s own model "
+            "(random controls, reset every 1000 env steps), in env steps/s.", "",
+            "| one process alone (per core) | one process per core used, all at once | sum = rate of the cores used |",
+            "|---|---|---|",
+            f"| {_number(raw['per_core_steps_per_s'])} | "
+            f"{', '.join(_number(r) for r in raw['per_process_when_all_run_steps_per_s'])} | "
+            f"**{_number(raw['cores_used_steps_per_s'])}** ({raw['cores']} core(s)) |", ""]
+
+
+def collector_section(result: dict) -> list[str]:
+    rows = result["collector"]
+    if not rows:
+        return []
+    base = rows.get("gymnasium sync", {}).get("steps_per_s")
+    lines = ["## Collector throughput", "",
+             "`Collector.collect`: batched policy inference over all envs, env stepping, buffers; "
+             f"{next(iter(rows.values())).get('num_envs', '?')} envs × 256 steps per collect, in env steps/s.", "",
+             "| backend | torch threads | steps/s | vs gymnasium sync | inference µs/step | inference share |",
+             "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        if "error" in row:
+            lines.append(f"| {name} | {row['torch_threads']} | failed: {row['error'][:80]} | | | |")
+            continue
+        speedup = f"{row['steps_per_s'] / base:.2f}×" if base else "–"
+        lines.append(f"| {name} | {row['torch_threads']} | {_number(row['steps_per_s'])} | {speedup} | "
+                     f"{row['inference_us_per_step']:.0f} | {row['inference_share']:.0%} |")
+    return [*lines, ""]
+
+
+def e2e_section(result: dict) -> list[str]:
+    rows = result["end_to_end"]
+    if not rows:
+        return []
+    raw = result["raw_physics"]
+    s = result["settings"]
+    lines = ["## End to end", "",
+             f"`python -m polopt updater=U env={result['env']}` with each updater's default config, "
+             f"{s['steps']:,} env steps, env.backend={s.get('e2e_backend_used')}, device={s['device']}"
+             f"{', overrides: `' + ' '.join(s['overrides']) + '`' if s.get('overrides') else ''}; the first "
+             "iteration is left out. Ratio = steps/s ÷ the raw physics rate of the "
+             f"{raw['cores']} core(s) used ({_number(raw['cores_used_steps_per_s'])} steps/s). "
+             "Time split: share of iteration time.", "",
+             "| updater | steps/s | ratio | target | met | collect | advantages | policy update | value update "
+             "| other | last train return |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        if "steps_per_s" not in row:
+            lines.append(f"| {name} | failed (see results/benchmark.json) | | | | | | | | | |")
+            continue
+        share = row["share"]
+        met = "–" if row.get("meets_target") is None else ("yes" if row["meets_target"] else "**no**")
+        lines.append(
+            f"| {name} | {_number(row['steps_per_s'])} | {row['ratio']:.2f} | {_number(row['target_ratio'], 1)} "
+            f"| {met} | {share['collect']:.0%} | {share['advantage']:.0%} | {share['policy_update']:.0%} | "
+            f"{share['value_update']:.0%} | {share['other_update']:.0%} | {_number(row['last_train_return'])} |")
+    return [*lines, ""]
+
+
+def levers_section(result: dict) -> list[str]:
+    rows = result.get("levers") or {}
+    if not rows:
+        return []
+    updater = result["settings"]["lever_updater"]
+    base = rows.get("default config", {}).get("steps_per_s")
+    lines = ["## Levers", "", f"`{updater}` end to end with one setting changed at a time (same steps, same run).",
+             "", "| variant | overrides | steps/s | vs default | ratio | collect | policy update | value update |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        if "steps_per_s" not in row:
+            lines.append(f"| {name} | {' '.join(row.get('overrides', []))} | failed | | | | | |")
+            continue
+        share, overrides = row["share"], " ".join([f"env.backend={row['backend']}", *row.get("overrides", [])])
+        versus = f"{row['steps_per_s'] / base:.2f}×" if base else "–"
+        lines.append(f"| {name} | `{overrides}` | {_number(row['steps_per_s'])} | {versus} | {row['ratio']:.2f} | "
+                     f"{share['collect']:.0%} | {share['policy_update']:.0%} | {share['value_update']:.0%} |")
+    return [*lines, ""]
+
+
+def external_section(title: str, data: dict) -> list[str]:
+    if set(data) <= {"skipped", "error"}:
+        return [f"## {title}", "", f"Not measured: {data.get('skipped') or data.get('error')}", ""]
+    rows = [f"| {key} | {_number(value, 3) if isinstance(value, float) else value} |" for key, value in _flatten(data)]
+    return [f"## {title}", "", "| quantity | value |", "|---|---|", *rows, ""]
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `python scripts/benchmark.py` (all numbers from one run, on the machine below; the raw "
+             "data is in `results/benchmark.json`). Throughput is in environment steps per second.", "",
+             *machine_section(result), *physics_section(result), *collector_section(result), *e2e_section(result),
+             *levers_section(result),
+             *external_section("Fisher-vector products (scripts/bench_fvp.py)", result.get("fvp", {})),
+             *external_section("K-FAC update vs a plain gradient step (scripts/bench_kfac.py)", result.get("kfac", {}))]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # re-render: python scripts/benchmark_report.py results/benchmark.json > BENCHMARKS.md
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
