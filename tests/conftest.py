@@ -41,6 +41,17 @@ def final_return(rows: list[dict], last: int = 5) -> float:
     return sum(tail) / len(tail)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: a second intra-op thread only contends on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def run_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[dict]]:
     monkeypatch.chdir(tmp_path)

@@ -11,15 +11,6 @@ from polopt.natural_gradient.conjugate_gradient import conjugate_gradient
 from polopt.natural_gradient.solvers import ConjugateGradientSolver, DenseSolver
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: a second intra-op thread only contends on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spd_matrix(n: int, condition: float, generator: torch.Generator, spectrum: str = "uniform",
                distinct: int | None = None) -> torch.Tensor:
     """Q diag(λ) Qᵀ, Q random orthogonal, λ in [1, condition] with both ends present: uniformly

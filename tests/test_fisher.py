@@ -23,15 +23,6 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: a second intra-op thread only contends on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_policy(kind: str, seed: int = 0) -> nn.Module:
     """A 4-5-5 tanh policy with a non-trivial output layer and log-std, in float64."""
     torch.manual_seed(seed)

@@ -36,15 +36,6 @@ MAX_KL = 0.01
 DAMPING = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: a second intra-op thread only contends on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_problem(kind: str, seed: int = 0, batch_size: int = 64, advantages: torch.Tensor | None = None):
     """A small float64 tanh policy, a value network and a batch sampled from the policy."""
     torch.manual_seed(seed)
