@@ -86,7 +86,7 @@ class Collector:
         self._truncated = np.zeros(shape, dtype=bool)
         obs, _ = envs.reset(seed=seed)
         self._check_finite(obs, np.zeros(self.num_envs))
-        self.obs = obs.astype(np.float32)
+        self.obs = obs.astype(np.float32)  # the current observations; overwritten in place each step
 
     def _check_finite(self, obs: np.ndarray, rewards: np.ndarray) -> None:
         bad_obs = ~np.isfinite(obs.reshape(self.num_envs, -1)).all(axis=1)
@@ -122,7 +122,7 @@ class Collector:
         self._rewards[t] = rewards
         self._terminated[t] = terminated
         self._truncated[t] = truncated
-        self.obs = next_obs.astype(np.float32)
+        np.copyto(self.obs, next_obs)  # no per-step allocation; the policy reads it through from_numpy
 
     @torch.no_grad()
     def collect(self, policy: Policy) -> Rollout:
@@ -149,7 +149,7 @@ class Collector:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         if not env_state.restore(self.envs, state["envs"]):
             return False
-        self.obs = state["obs"].copy()
+        np.copyto(self.obs, state["obs"])
         self.episodes.returns, self.episodes.lengths = (a.copy() for a in state["episodes"])
         return True
 

@@ -60,11 +60,10 @@ def summarize(rows: list[dict]) -> str:
         evals = [r["eval_return"] for r in runs]
         trains = [r["train_return_last"] for r in runs if r["train_return_last"] is not None]
         name = updater + (f" ({' '.join(overrides)})" if overrides else "")
+        train = f"{statistics.median(trains):.0f}" if trains else "–"
+        wall = statistics.median(r["wall_s"] for r in runs) / 60
         lines.append(f"| {name} | {env} | {steps:,} | {len(runs)} | {statistics.median(evals):.0f} | "
-                     f"{min(evals):.0f} | {max(evals):.0f} | "
-                     f"{statistics.median(trains):.0f} | {statistics.median(r['wall_s'] for r in runs) / 60:.1f} |"
-                     if trains else f"| {name} | {env} | {steps:,} | {len(runs)} | {statistics.median(evals):.0f} | "
-                     f"{min(evals):.0f} | {max(evals):.0f} | – | – |")
+                     f"{min(evals):.0f} | {max(evals):.0f} | {train} | {wall:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,7 +86,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with (out / "learning.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in (out / "learning.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out / "learning.jsonl")
     (out / "learning.md").write_text(summarize(rows))
     print(summarize(rows))
 

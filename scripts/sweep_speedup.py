@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from polopt.logging import read_metrics  # noqa: E402
 
 
 def run_sweep(launcher: list[str], args: argparse.Namespace, out: Path) -> float:
@@ -48,8 +51,7 @@ def job_seconds(sweep_dir: Path) -> list[float]:
     """Training time of each job (sum of its iteration times, from metrics.jsonl)."""
     seconds = []
     for metrics in sorted(sweep_dir.glob("*/metrics.jsonl")):
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        seconds.append(sum(r.get("time/iteration_s") or 0.0 for r in rows))
+        seconds.append(sum(r.get("time/iteration_s") or 0.0 for r in read_metrics(metrics)))
     return seconds
 
 
