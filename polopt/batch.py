@@ -10,6 +10,12 @@ import torch
 from torch import Tensor
 
 
+def chunk_slices(size: int, chunks: int) -> list[slice]:
+    """The slices ``torch.arange(size).chunk(chunks)`` would cut: equal parts of ⌈size/chunks⌉, the last shorter."""
+    step = -(-size // chunks)
+    return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+
 @dataclass
 class Batch:
     """Flat [B, ...] tensors on the update device.
@@ -43,7 +49,9 @@ class Batch:
         return self._map(lambda t: t[idx])
 
     def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Yields `num_minibatches` disjoint random minibatches covering the batch once."""
+        """Yields `num_minibatches` disjoint random minibatches covering the batch once (one shuffle,
+        then contiguous slices: one gather per field per call, not per minibatch)."""
         perm = torch.randperm(len(self), generator=generator).to(self.obs.device)
-        for chunk in perm.chunk(num_minibatches):
-            yield self.index(chunk)
+        shuffled = self.index(perm)
+        for part in chunk_slices(len(self), num_minibatches):
+            yield shuffled.index(part)

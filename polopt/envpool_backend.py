@@ -22,6 +22,7 @@ entries (``x_velocity``, ``reward_ctrl``, ...) and no ``final_info``.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from typing import Any
 
@@ -39,6 +40,13 @@ VERIFIED_IDS = frozenset({
 RUNTIME_OPTIONS = frozenset({"num_threads", "thread_affinity_offset"})
 # envpool options this adapter sets itself (batch_size < num_envs would make envpool asynchronous).
 RESERVED_OPTIONS = frozenset({"num_envs", "batch_size", "seed", "env_seed", "max_episode_steps"})
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity where the OS reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def envpool_available() -> bool:
@@ -114,7 +122,10 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
                              "use env.backend=gymnasium for them")
         # envpool never truncates: its limit sits one step past ours, which this adapter applies itself.
         internal_limit = self.time_limit + 1 if self.time_limit else np.iinfo(np.int32).max
-        return {**kwargs, "max_episode_steps": internal_limit}
+        # envpool's own default counts every core of the machine; a run pinned to fewer (taskset, a
+        # scheduler's allocation) would then oversubscribe them.
+        threads = kwargs.get("num_threads") or min(self.num_envs, usable_cores())
+        return {**kwargs, "num_threads": threads, "max_episode_steps": internal_limit}
 
     def _make_pool(self, seed: int) -> None:
         import envpool

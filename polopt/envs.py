@@ -24,8 +24,8 @@ def make_vector_env(id: str, num_envs: int, backend: str = "gymnasium", vectoriz
 
     ``backend="gymnasium"`` steps gymnasium envs in this process (``vectorization="sync"``) or one
     process per env (``"async"``). ``backend="envpool"`` steps envpool's C++ envs on its own threads
-    (``+env.kwargs.num_threads=N`` on the command line; by default envpool picks one per core, up to
-    `num_envs`), only for the ids checked against gymnasium's tasks (polopt.envpool_backend).
+    (``+env.kwargs.num_threads=N`` on the command line; by default one per core this process may
+    run on, up to `num_envs`), only for the ids checked against gymnasium's tasks (polopt.envpool_backend).
     """
     if backend not in BACKENDS:
         raise ValueError(f"env.backend must be one of {BACKENDS}, got {backend!r}")

@@ -1,25 +1,30 @@
 """Throughput benchmark on this machine: physics limit, collectors, end-to-end updaters, FVP and K-FAC.
 
     python scripts/benchmark.py [--env hopper] [--steps 60000] [--updaters trpo ppo_clip ...] [--device cpu]
-                                [--cores N] [--e2e-backend auto] [-- extra Hydra overrides for every run]
+                                [--cores N] [--e2e-cores 1] [--e2e-backend auto] [-- extra Hydra overrides]
 
 Measured in one run and written to ``results/benchmark.json`` and ``BENCHMARKS.md``:
 
 1. raw physics: a plain ``mujoco.mj_step(model, data, nstep=frame_skip)`` loop with the env's own
-   model and frame skip, in one process (per core) and in one process per core used, all at once
-   (the rate of the cores used, the denominator of every ratio below);
+   model and frame skip, in one process (per core), in one process per core used, all at once
+   (the rate of the cores used), and in ``--e2e-cores`` processes at once (the rate of that many cores);
 2. collector throughput (``polopt.rollout.Collector.collect``: batched policy inference, env
    stepping, buffers) for each env backend;
 3. end to end, per updater found in ``conf/updater/*.yaml``: ``python -m polopt`` with the updater's
-   default config for ``--steps`` env steps; steps/s and the time split read from the run's
-   metrics.jsonl, first iteration skipped; ratio to the raw physics rate of the cores used and the
-   target for that updater;
-4. levers, on one updater (``--lever-updater``): the same run with torch_threads=1, with the
-   gymnasium backend (sync and async) instead of envpool, each alone and combined;
-5. the dicts returned by ``scripts/bench_fvp.py`` and ``scripts/bench_kfac.py`` where present.
+   default config for ``--steps`` env steps, pinned to the first ``--e2e-cores`` CPUs; steps/s and the
+   time split read from the run's metrics.jsonl, first iteration skipped; ratio to the raw physics rate
+   of that many cores and the target for that updater;
+4. whole machine, per updater: one such run per core used, all at once, each pinned to its own CPU
+   (seeds 0, 1, ..., as for seeds and sweeps); the sum of their steps/s over the raw physics rate of
+   the cores used;
+5. levers, on one updater (``--lever-updater``): the same run with torch_threads changed, with the
+   gymnasium backend (sync and async) instead of envpool, pinned like the runs of 3; and on all cores,
+   not pinned (ratio to the rate of the cores used);
+6. the dicts returned by ``scripts/bench_fvp.py`` and ``scripts/bench_kfac.py`` where present.
 
 ``--cores N`` pins everything (this process and its children) to the first N CPUs of this process's
-affinity, so the ratios are per the cores actually used.
+affinity, so the ratios are per the cores actually used. Each ratio row records its own cores and
+denominator (``cores``, ``cpus``, ``ratio_denominator``).
 """
 
 from __future__ import annotations
@@ -107,14 +112,42 @@ def merged(overrides: list[str], changes: list[str]) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0] not in changed] + changes
 
 
-def levers(args: argparse.Namespace, backend: str, default_row: dict | None) -> dict:
+def levers(args: argparse.Namespace, backend: str, default_row: dict | None, raw: dict) -> dict:
+    """The lever runs, pinned like the end-to-end table, and one on all cores, not pinned."""
     rows = {"default config": default_row} if default_row else {}
     for name, (lever_backend, changes) in lever_variants(backend, args.cores_used).items():
         overrides = merged(args.overrides, changes)
         if lever_backend == backend and sorted(overrides) == sorted(args.overrides):
             continue  # the default run already is this variant
         rows[name] = measure.end_to_end(args.lever_updater, args.env, args.steps, args.device, lever_backend,
-                                        overrides, label=f"{args.lever_updater}_{name}")
+                                        overrides, label=f"{args.lever_updater}_{name}", cpus=args.e2e_cpus)
+        rows[name]["ratio_denominator"] = raw["e2e_cores_steps_per_s"]
+    if args.e2e_cpus != sorted(os.sched_getaffinity(0)) or not default_row:
+        name = "all cores, unpinned"
+        rows[name] = measure.end_to_end(args.lever_updater, args.env, args.steps, args.device, backend,
+                                        args.overrides, label=f"{args.lever_updater}_{name}")
+        rows[name]["ratio_denominator"] = raw["cores_used_steps_per_s"]
+    return rows
+
+
+def end_to_end(args: argparse.Namespace, backend: str, updaters: list[str], raw: dict) -> dict:
+    """Each updater alone, pinned to the first --e2e-cores CPUs."""
+    rows = {}
+    for updater in updaters:
+        rows[updater] = measure.end_to_end(updater, args.env, args.steps, args.device, backend, args.overrides,
+                                           cpus=args.e2e_cpus)
+        rows[updater]["ratio_denominator"] = raw["e2e_cores_steps_per_s"]
+    return rows
+
+
+def whole_machine(args: argparse.Namespace, backend: str, updaters: list[str], raw: dict) -> dict:
+    """Per updater: one run per core used, all at once, each pinned to its own CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    rows = {}
+    for updater in updaters:
+        rows[updater] = measure.one_run_per_core(updater, args.env, args.steps, args.device, backend, args.overrides,
+                                                 cpus)
+        rows[updater]["ratio_denominator"] = raw["cores_used_steps_per_s"]
     return rows
 
 
@@ -127,39 +160,48 @@ def _add_ratio(row: dict, updater: str, denominator: float) -> None:
 
 
 def ratios(result: dict) -> None:
-    """Adds ratio and target to each end-to-end and lever row (in place)."""
-    denominator = result["raw_physics"]["cores_used_steps_per_s"]
-    for name, row in result["end_to_end"].items():
-        _add_ratio(row, name, denominator)
+    """Adds ratio and target to each end-to-end, whole-machine and lever row (in place), each over its own
+    ``ratio_denominator`` (rows without one: the raw physics rate of the cores used)."""
+    default = result["raw_physics"]["cores_used_steps_per_s"]
+    for section in ("end_to_end", "whole_machine"):
+        for name, row in result.get(section, {}).items():
+            _add_ratio(row, name, row.setdefault("ratio_denominator", default))
     for row in result.get("levers", {}).values():
-        _add_ratio(row, result["settings"]["lever_updater"], denominator)
+        _add_ratio(row, result["settings"]["lever_updater"], row.setdefault("ratio_denominator", default))
+
+
+def _verdict(row: dict) -> str:
+    if "steps_per_s" not in row:
+        return f"failed: {row.get('error', '')[-300:]}"
+    target = row["target_ratio"]
+    met = "" if target is None else f" target {target:.2f}: {'met' if row['meets_target'] else 'NOT met'}"
+    return f"{row['steps_per_s']:9,.0f} steps/s  ratio {row['ratio']:.2f} (÷ {row['ratio_denominator']:,.0f}){met}"
 
 
 def print_summary(result: dict) -> None:
     raw = result["raw_physics"]
     print(f"\nraw physics {result['env_id']}: {raw['per_core_steps_per_s']:,.0f} steps/s per core, "
-          f"{raw['cores_used_steps_per_s']:,.0f} on the {raw['cores']} core(s) used (ratio denominator)")
+          f"{raw['cores_used_steps_per_s']:,.0f} on the {raw['cores']} core(s) used, "
+          f"{raw['e2e_cores_steps_per_s']:,.0f} on {raw['e2e_cores']} core(s) (end-to-end denominator)")
     for name, row in result["collector"].items():
         print(f"collector {name:28s} {row.get('steps_per_s', float('nan')):9,.0f} steps/s {row.get('error', '')}")
     for name, row in result["end_to_end"].items():
-        if "steps_per_s" not in row:
-            print(f"end to end {name:12s} failed: {row.get('error', '')[-300:]}")
-            continue
-        target = row["target_ratio"]
-        verdict = "" if target is None else f" target {target:.2f}: {'met' if row['meets_target'] else 'NOT met'}"
-        print(f"end to end {name:12s} {row['steps_per_s']:9,.0f} steps/s  ratio {row['ratio']:.2f}{verdict}")
+        print(f"end to end, {row.get('cores', '?')} core(s) {name:12s} {_verdict(row)}")
+    for name, row in result.get("whole_machine", {}).items():
+        print(f"whole machine, {len(row['cpus'])} run(s) {name:12s} {_verdict(row)}")
     for name, row in result.get("levers", {}).items():
-        print(f"lever {result['settings']['lever_updater']} {name:34s} {row.get('steps_per_s', float('nan')):9,.0f} "
-              "steps/s")
+        print(f"lever {result['settings']['lever_updater']} {name:34s} {_verdict(row)}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="hopper", help="Hydra env option (conf/env/<name>.yaml)")
     parser.add_argument("--steps", type=int, default=60_000, help="env steps per updater, end to end")
     parser.add_argument("--updaters", nargs="*", default=None, help="default: every conf/updater/*.yaml")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--cores", type=int, default=None, help="pin to this many cores (default: all available)")
+    parser.add_argument("--e2e-cores", type=int, default=1, help="pin each end-to-end run to the first N of the "
+                        "cores used; its ratio is over the raw physics rate of N cores")
     parser.add_argument("--num-envs", type=int, default=8, help="envs for the collector measurements")
     parser.add_argument("--collect-steps", type=int, default=16_384, help="env steps per collector measurement")
     parser.add_argument("--physics-seconds", type=float, default=3.0)
@@ -167,28 +209,37 @@ def main() -> None:
                         "where it is installed and offered for the env, else gymnasium")
     parser.add_argument("--lever-updater", default=None, help="updater for the lever runs (default: trpo, else "
                         "the first updater)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["collector", "e2e", "levers", "fvp", "kfac"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["collector", "e2e", "whole_machine", "levers", "fvp", "kfac"])
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmark.json"))
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every end-to-end run (after --)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     cores = args.cores_used = pin_cores(args.cores)
+    if not 1 <= args.e2e_cores <= cores:
+        raise SystemExit(f"--e2e-cores must be between 1 and {cores}")
+    args.e2e_cpus = sorted(os.sched_getaffinity(0))[:args.e2e_cores]
     id = env_id(args.env)
     result: dict = {"env": args.env, "env_id": id, "machine": machine_info(cores),
                     "settings": {k: v for k, v in vars(args).items() if k not in ("out", "markdown")}}
-    result["raw_physics"] = measure.raw_physics(id, cores, args.physics_seconds)
-    print(f"raw physics: {result['raw_physics']}", flush=True)
+    raw = result["raw_physics"] = measure.raw_physics(id, cores, args.physics_seconds, args.e2e_cores)
+    print(f"raw physics: {raw}", flush=True)
     result["collector"] = {} if "collector" in args.skip else measure.collectors(
         id, args.num_envs, args.collect_steps)
     backend = measure.e2e_backend(args.e2e_backend, id)
     updaters = discover_updaters() if args.updaters is None else args.updaters
-    result["end_to_end"] = {} if "e2e" in args.skip else {
-        u: measure.end_to_end(u, args.env, args.steps, args.device, backend, args.overrides) for u in updaters}
+    result["end_to_end"] = {} if "e2e" in args.skip else end_to_end(args, backend, updaters, raw)
     result["settings"]["e2e_backend_used"] = backend
+    if "whole_machine" not in args.skip:
+        result["whole_machine"] = whole_machine(args, backend, updaters, raw)
     args.lever_updater = args.lever_updater or ("trpo" if "trpo" in updaters else updaters[0])
     result["settings"]["lever_updater"] = args.lever_updater
     if "levers" not in args.skip:
-        result["levers"] = levers(args, backend, result["end_to_end"].get(args.lever_updater))
+        result["levers"] = levers(args, backend, result["end_to_end"].get(args.lever_updater), raw)
     for name in ("fvp", "kfac"):
         result[name] = {"skipped": "--skip"} if name in args.skip else measure.external(
             ROOT / "scripts" / f"bench_{name}.py", args.device)

@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 import math
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import subprocess
@@ -53,9 +54,10 @@ def _physics_rates(id: str, processes: int, seconds: float) -> list[float]:
     return results
 
 
-def raw_physics(id: str, cores: int, seconds: float) -> dict:
-    """Env steps/s of a plain mj_step loop (the env's model and frame skip): one process alone, and one
-    process per core used running at once (their sum is the rate of the cores used)."""
+def raw_physics(id: str, cores: int, seconds: float, e2e_cores: int = 1) -> dict:
+    """Env steps/s of a plain mj_step loop (the env's model and frame skip): one process alone, one process
+    per core used running at once (their sum is the rate of the cores used), and the rate of `e2e_cores`
+    cores (the denominator of the pinned end-to-end runs: one process per core, at once)."""
     import gymnasium as gym
 
     env = gym.make(id)
@@ -65,8 +67,15 @@ def raw_physics(id: str, cores: int, seconds: float) -> dict:
     env.close()
     single = _physics_rates(id, 1, seconds)[0]
     together = _physics_rates(id, cores, seconds) if cores > 1 else [single]
+    if e2e_cores == 1:
+        pinned = single
+    elif e2e_cores == cores:
+        pinned = sum(together)
+    else:
+        pinned = sum(_physics_rates(id, e2e_cores, seconds))
     return {"frame_skip": frame_skip, "per_core_steps_per_s": single, "cores": cores,
-            "per_process_when_all_run_steps_per_s": together, "cores_used_steps_per_s": sum(together)}
+            "per_process_when_all_run_steps_per_s": together, "cores_used_steps_per_s": sum(together),
+            "e2e_cores": e2e_cores, "e2e_cores_steps_per_s": pinned}
 
 
 def collector_variants(id: str, num_envs: int) -> list[dict[str, Any]]:
@@ -155,28 +164,79 @@ def time_split(rows: list[dict]) -> dict:
             "last_train_return": returns[-1] if returns else None}
 
 
-def end_to_end(updater: str, env: str, steps: int, device: str, backend: str, overrides: list[str],
-               label: str | None = None) -> dict:
-    from polopt.logging import read_metrics
-
-    run_dir = RUNS / "".join(c if c.isalnum() or c in "._-" else "_" for c in (label or updater))
+def _run_dir(label: str) -> Path:
+    run_dir = RUNS / "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _launch(updater: str, env: str, steps: int, device: str, backend: str, overrides: list[str], label: str,
+            seed: int = 0, cpus: list[int] | None = None) -> dict:
+    """Starts one `python -m polopt` run in the background, pinned to `cpus` (None: not pinned)."""
+    run_dir = _run_dir(label)
     command = [sys.executable, "-m", "polopt", f"updater={updater}", f"env={env}", f"total_steps={steps}",
-               "logger=none", "progress=false", f"device={device}", f"env.backend={backend}", "seed=0",
+               "logger=none", "progress=false", f"device={device}", f"env.backend={backend}", f"seed={seed}",
                f"hydra.run.dir={run_dir}", *overrides]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=run_dir, capture_output=True, text=True)
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    with (run_dir / "output.log").open("w") as log:
+        process = subprocess.Popen(command, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
     shown = [arg for arg in command[1:] if not arg.startswith("hydra.run.dir=")]
-    row: dict = {"command": " ".join(["python", *shown]), "wall_s": time.perf_counter() - start, "backend": backend,
-                 "overrides": overrides}
-    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    if done.returncode != 0 or len(rows) < 2:
-        row["error"] = (done.stderr or "fewer than 2 iterations: raise --steps")[-3000:]
+    row = {"command": " ".join(["python", *shown]), "backend": backend, "overrides": overrides, "seed": seed,
+           "cpus": cpus, "cores": len(cpus if cpus is not None else os.sched_getaffinity(0))}
+    return {"process": process, "run_dir": run_dir, "label": label, "start": time.perf_counter(), "row": row}
+
+
+def _wait(runs: list[dict]) -> None:
+    """Waits for every launched run, noting each one's wall time when it ends."""
+    pending = list(runs)
+    while pending:
+        for run in [run for run in pending if run["process"].poll() is not None]:
+            run["wall_s"] = time.perf_counter() - run["start"]
+            pending.remove(run)
+        if pending:
+            time.sleep(0.05)
+
+
+def _result(run: dict) -> dict:
+    """The row of a finished run: its command and settings, and the time split of its metrics.jsonl."""
+    from polopt.logging import read_metrics
+
+    row: dict = {**run["row"], "wall_s": run["wall_s"]}
+    metrics = run["run_dir"] / "metrics.jsonl"
+    rows = read_metrics(metrics) if metrics.exists() else []
+    if run["process"].returncode != 0 or len(rows) < 2:
+        output = (run["run_dir"] / "output.log").read_text(errors="replace")
+        row["error"] = (output if run["process"].returncode != 0 else "fewer than 2 iterations: raise --steps")[-3000:]
         return row
     row.update(time_split(rows))
-    print(f"end to end {label or updater}: {row['steps_per_s']:.0f} steps/s", flush=True)
+    print(f"end to end {run['label']}: {row['steps_per_s']:.0f} steps/s", flush=True)
     return row
+
+
+def end_to_end(updater: str, env: str, steps: int, device: str, backend: str, overrides: list[str],
+               label: str | None = None, cpus: list[int] | None = None) -> dict:
+    """One run alone, pinned to `cpus` (None: not pinned)."""
+    run = _launch(updater, env, steps, device, backend, overrides, label or updater, cpus=cpus)
+    _wait([run])
+    return _result(run)
+
+
+def one_run_per_core(updater: str, env: str, steps: int, device: str, backend: str, overrides: list[str],
+                     cpus: list[int]) -> dict:
+    """One run per CPU in `cpus`, all at once, each pinned to its own CPU (seeds 0, 1, ...); steps/s is their sum."""
+    runs = [_launch(updater, env, steps, device, backend, overrides, f"whole_machine_{updater}_seed{seed}",
+                    seed=seed, cpus=[cpu]) for seed, cpu in enumerate(cpus)]
+    _wait(runs)
+    rows = [_result(run) for run in runs]
+    result: dict = {"cpus": cpus, "runs": rows}
+    failed = [row["error"] for row in rows if "steps_per_s" not in row]
+    if failed:
+        result["error"] = failed[0]
+    else:
+        result["steps_per_s"] = sum(row["steps_per_s"] for row in rows)
+        print(f"whole machine {updater}: {result['steps_per_s']:.0f} steps/s over {len(cpus)} run(s)", flush=True)
+    return result
 
 
 def external(path: Path, device: str) -> dict:

@@ -46,7 +46,26 @@ def physics_section(result: dict) -> list[str]:
             "|---|---|---|",
             f"| {_number(raw['per_core_steps_per_s'])} | "
             f"{', '.join(_number(r) for r in raw['per_process_when_all_run_steps_per_s'])} | "
-            f"**{_number(raw['cores_used_steps_per_s'])}** ({raw['cores']} core(s)) |", ""]
+            f"**{_number(raw['cores_used_steps_per_s'])}** ({raw['cores']} core(s)) |", "",
+            *_e2e_rate_note(raw)]
+
+
+def _e2e_rate_note(raw: dict) -> list[str]:
+    cores = raw.get("e2e_cores")
+    if cores is None or cores == raw["cores"]:
+        return []
+    how = "one process alone" if cores == 1 else f"{cores} processes at once"
+    return [f"Rate of {cores} core(s), the denominator of the pinned end-to-end runs ({how}): "
+            f"**{_number(raw['e2e_cores_steps_per_s'])}**.", ""]
+
+
+def _met(row: dict) -> str:
+    return "–" if row.get("meets_target") is None else ("yes" if row["meets_target"] else "**no**")
+
+
+def _pinning(row: dict) -> str:
+    cpus = row.get("cpus")
+    return "not pinned" if cpus is None else f"CPU {', '.join(str(c) for c in cpus)}"
 
 
 def collector_section(result: dict) -> list[str]:
@@ -69,19 +88,27 @@ def collector_section(result: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _e2e_denominator(result: dict) -> tuple[int, float]:
+    """Cores and ratio denominator of the end-to-end runs (older results: all cores used)."""
+    raw, rows = result["raw_physics"], result["end_to_end"]
+    first = next(iter(rows.values()))
+    return first.get("cores", raw["cores"]), first.get("ratio_denominator", raw["cores_used_steps_per_s"])
+
+
 def e2e_section(result: dict) -> list[str]:
     rows = result["end_to_end"]
     if not rows:
         return []
-    raw = result["raw_physics"]
     s = result["settings"]
+    cores, denominator = _e2e_denominator(result)
+    pinned = next(iter(rows.values())).get("cpus")
+    where = f"pinned to {cores} core(s) ({_pinning(next(iter(rows.values())))})" if pinned else "not pinned"
     lines = ["## End to end", "",
              f"`python -m polopt updater=U env={result['env']}` with each updater's default config, "
              f"{s['steps']:,} env steps, env.backend={s.get('e2e_backend_used')}, device={s['device']}"
-             f"{', overrides: `' + ' '.join(s['overrides']) + '`' if s.get('overrides') else ''}; the first "
-             "iteration is left out. Ratio = steps/s ÷ the raw physics rate of the "
-             f"{raw['cores']} core(s) used ({_number(raw['cores_used_steps_per_s'])} steps/s). "
-             "Time split: share of iteration time.", "",
+             f"{', overrides: `' + ' '.join(s['overrides']) + '`' if s.get('overrides') else ''}, one run at a time, "
+             f"each {where}; the first iteration is left out. Ratio = steps/s ÷ the raw physics rate of "
+             f"{cores} core(s) ({_number(denominator)} steps/s). Time split: share of iteration time.", "",
              "| updater | steps/s | ratio | target | met | collect | advantages | policy update | value update "
              "| other | last train return |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
@@ -89,11 +116,31 @@ def e2e_section(result: dict) -> list[str]:
             lines.append(f"| {name} | failed (see results/benchmark.json) | | | | | | | | | |")
             continue
         share = row["share"]
-        met = "–" if row.get("meets_target") is None else ("yes" if row["meets_target"] else "**no**")
         lines.append(
             f"| {name} | {_number(row['steps_per_s'])} | {row['ratio']:.2f} | {_number(row['target_ratio'], 1)} "
-            f"| {met} | {share['collect']:.0%} | {share['advantage']:.0%} | {share['policy_update']:.0%} | "
+            f"| {_met(row)} | {share['collect']:.0%} | {share['advantage']:.0%} | {share['policy_update']:.0%} | "
             f"{share['value_update']:.0%} | {share['other_update']:.0%} | {_number(row['last_train_return'])} |")
+    return [*lines, ""]
+
+
+def whole_machine_section(result: dict) -> list[str]:
+    rows = result.get("whole_machine") or {}
+    if not rows:
+        return []
+    raw = result["raw_physics"]
+    lines = ["## Whole machine: one run per core", "",
+             f"Per updater, {raw['cores']} runs at once (the same command as above, seeds 0, 1, ...), each pinned "
+             "to its own CPU: how the machine is used for seeds and sweeps. Ratio = the sum of their steps/s ÷ the "
+             f"raw physics rate of the {raw['cores']} core(s) used ({_number(raw['cores_used_steps_per_s'])} "
+             "steps/s, one physics process per core at once).", "",
+             "| updater | per-run steps/s | sum | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        if "steps_per_s" not in row:
+            lines.append(f"| {name} | failed (see results/benchmark.json) | | | | |")
+            continue
+        runs = ", ".join(_number(run["steps_per_s"]) for run in row["runs"])
+        lines.append(f"| {name} | {runs} | {_number(row['steps_per_s'])} | {row['ratio']:.2f} | "
+                     f"{_number(row['target_ratio'], 1)} | {_met(row)} |")
     return [*lines, ""]
 
 
@@ -103,16 +150,20 @@ def levers_section(result: dict) -> list[str]:
         return []
     updater = result["settings"]["lever_updater"]
     base = rows.get("default config", {}).get("steps_per_s")
-    lines = ["## Levers", "", f"`{updater}` end to end with one setting changed at a time (same steps, same run).",
-             "", "| variant | overrides | steps/s | vs default | ratio | collect | policy update | value update |",
-             "|---|---|---|---|---|---|---|---|"]
+    all_cores = result["raw_physics"]["cores_used_steps_per_s"]
+    lines = ["## Levers", "", f"`{updater}` end to end with one setting changed at a time (same steps, same run). "
+             "Each ratio is over the raw physics rate of the cores that row ran on.", "",
+             "| variant | overrides | cores | steps/s | vs default | ratio (÷ raw physics rate) | collect "
+             "| policy update | value update |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
+        cores = f"{row.get('cores', result['raw_physics']['cores'])} ({_pinning(row)})"
         if "steps_per_s" not in row:
-            lines.append(f"| {name} | {' '.join(row.get('overrides', []))} | failed | | | | | |")
+            lines.append(f"| {name} | {' '.join(row.get('overrides', []))} | {cores} | failed | | | | | |")
             continue
         share, overrides = row["share"], " ".join([f"env.backend={row['backend']}", *row.get("overrides", [])])
         versus = f"{row['steps_per_s'] / base:.2f}×" if base else "–"
-        lines.append(f"| {name} | `{overrides}` | {_number(row['steps_per_s'])} | {versus} | {row['ratio']:.2f} | "
+        lines.append(f"| {name} | `{overrides}` | {cores} | {_number(row['steps_per_s'])} | {versus} | "
+                     f"{row['ratio']:.2f} (÷ {_number(row.get('ratio_denominator', all_cores))}) | "
                      f"{share['collect']:.0%} | {share['policy_update']:.0%} | {share['value_update']:.0%} |")
     return [*lines, ""]
 
@@ -129,7 +180,7 @@ def markdown(result: dict) -> str:
              "Written by `python scripts/benchmark.py` (all numbers from one run, on the machine below; the raw "
              "data is in `results/benchmark.json`). Throughput is in environment steps per second.", "",
              *machine_section(result), *physics_section(result), *collector_section(result), *e2e_section(result),
-             *levers_section(result),
+             *whole_machine_section(result), *levers_section(result),
              *external_section("Fisher-vector products (scripts/bench_fvp.py)", result.get("fvp", {})),
              *external_section("K-FAC update vs a plain gradient step (scripts/bench_kfac.py)", result.get("kfac", {}))]
     return "\n".join(lines)

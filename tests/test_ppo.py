@@ -156,13 +156,22 @@ def test_linear_decay():
 
 @pytest.mark.parametrize("env", ["cartpole", "pendulum"])
 def test_ratio_is_exactly_one_and_kl_zero_before_the_first_step(env):
-    parts = small_run("ppo_clip", env)
+    parts = small_run("ppo_kl", env)  # the penalty objective reads the per-sample KL
     batch = collect_batch(parts)
     for minibatch in [batch, *batch.minibatches(4)]:
         terms = parts.updater.loss_terms(minibatch)
         assert torch.equal(terms.ratio, torch.ones_like(terms.ratio))
+        assert terms.kl is not None
         assert torch.equal(terms.kl, torch.zeros_like(terms.kl))
     parts.envs.close()
+
+
+def test_clipped_objective_skips_the_per_sample_kl_unless_early_stopping_reads_it():
+    for overrides, computed in [((), False), (("updater.target_kl=0.02",), True)]:
+        parts = small_run("ppo_clip", "cartpole", *overrides)
+        terms = parts.updater.loss_terms(collect_batch(parts))
+        assert (terms.kl is not None) == computed
+        parts.envs.close()
 
 
 @pytest.mark.parametrize(("lr", "beta_after"), [(0.0, 0.5), (0.3, 2.0)])

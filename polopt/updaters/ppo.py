@@ -18,9 +18,8 @@ from torch import Tensor, nn
 
 from polopt.batch import Batch
 from polopt.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, ValueFitterConfig
-from polopt.guards import all_finite
 from polopt.networks import Policy
-from polopt.optim import adam
+from polopt.optim import adam, clip_grad_norm, nonfinite_flag
 from polopt.updaters.base import ValueFitterFactory
 from polopt.updaters.ppo_losses import (
     AdaptiveKLPenalty,
@@ -41,27 +40,33 @@ class LossTerms(NamedTuple):
     value: Tensor | None
     entropy: Tensor
     ratio: Tensor
-    kl: Tensor
+    kl: Tensor | None  # per-sample KL(π_old‖π), computed only when the objective or target_kl reads it
 
 
 class MeanTracker:
-    """Sums detached scalar tensors on their device; one host sync when read."""
+    """Means of scalar tensors over the steps kept, summed on their device; one host sync when read."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
+        self.names: list[str] = []
+        self.sums: Tensor | None = None
+        self.count: Tensor | None = None
 
-    def add(self, values: dict[str, Tensor]) -> None:
-        for name, value in values.items():
-            value = value.detach()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
+    def add(self, values: dict[str, Tensor], keep: Tensor | None = None) -> None:
+        """`keep` (0-dim, 1 or 0) weights this step; a dropped step's values (possibly NaN) add nothing."""
+        stacked = torch.stack([value.detach().float() for value in values.values()])
+        weight = torch.ones((), device=stacked.device) if keep is None else keep
+        if keep is not None:
+            stacked = torch.where(keep > 0, stacked, 0.0)
+        if self.sums is None or self.count is None:
+            self.names, self.sums, self.count = list(values), stacked, weight
+        else:
+            self.sums, self.count = self.sums + stacked, self.count + weight
 
     def means(self) -> dict[str, float]:
-        if not self.count:
+        if self.sums is None or self.count is None:
             return {}
-        names = list(self.sums)
-        return dict(zip(names, (torch.stack([self.sums[n] for n in names]) / self.count).tolist(), strict=True))
+        *sums, count = torch.cat([self.sums, self.count.reshape(1)]).tolist()
+        return dict(zip(self.names, (s / count for s in sums), strict=True)) if count else {}
 
 
 def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
@@ -111,7 +116,7 @@ class PPO:
         params = self.policy(batch.obs)
         log_prob = dist.log_prob(params, batch.actions)
         ratio = probability_ratio(log_prob, batch.old_log_prob)
-        kl = dist.kl(batch.old_params, params)
+        kl = dist.kl(batch.old_params, params) if self.objective.uses_kl or self.target_kl is not None else None
         value_loss = self.value_fitter.loss(batch.obs, batch.returns, batch.old_values) if self.joint else None
         return LossTerms(self.objective.loss(ratio, batch.advantages, kl), value_loss,
                          dist.entropy(params).mean(), ratio, kl)
@@ -143,9 +148,11 @@ class PPO:
 
     def _optimize(self, batch: Batch) -> dict[str, float]:
         """The epochs. Statistics are each minibatch's before its step (skipped steps excluded);
-        ``update/policy_loss`` is the objective's loss (for the penalty variant, including β·KL)."""
+        ``update/policy_loss`` is the objective's loss (for the penalty variant, including β·KL).
+        A step with a non-finite loss or gradient is skipped on the device (no host sync per step)."""
         stats = MeanTracker()
-        skipped = epochs_run = 0
+        skipped_before = self.optimizer.skipped.clone()
+        epochs_run = 0
         for _ in range(self.epochs):
             epoch_kl = MeanTracker()
             for minibatch in batch.minibatches(self.minibatches):
@@ -153,19 +160,20 @@ class PPO:
                 loss = self.total_loss(terms)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
-                if not all_finite([loss, grad_norm]):
-                    skipped += 1  # a non-finite loss or gradient never reaches the weights
-                    continue
-                self.optimizer.step()
+                grad_norm = clip_grad_norm(self.optimizer.grads(), self.max_grad_norm)
+                skip = nonfinite_flag([loss, grad_norm])
+                self.optimizer.guarded_step(skip)
+                keep = 1.0 - skip
                 stats.add({"update/policy_loss": terms.policy, "update/grad_norm": grad_norm,
-                           **self.objective.step_stats(terms.ratio)})
-                epoch_kl.add({"kl": terms.kl.mean()})
+                           **self.objective.step_stats(terms.ratio)}, keep)
+                if terms.kl is not None and self.target_kl is not None:
+                    epoch_kl.add({"kl": terms.kl.mean()}, keep)
             epochs_run += 1
             if self.target_kl is not None and epoch_kl.means().get("kl", 0.0) > self.target_kl:
                 break
         self.optimizer.zero_grad(set_to_none=True)
-        return {**stats.means(), "update/epochs": float(epochs_run), "update/skipped_steps": float(skipped)}
+        skipped = float(self.optimizer.skipped - skipped_before)
+        return {**stats.means(), "update/epochs": float(epochs_run), "update/skipped_steps": skipped}
 
     @torch.no_grad()
     def _after_epochs(self, batch: Batch) -> dict[str, float]:

@@ -70,7 +70,9 @@ def linear_decay(initial: float, done: int, total: int) -> float:
 class Objective(Protocol):
     """The policy part of PPO's loss, plus what the objective adapts between updates."""
 
-    def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor) -> Tensor: ...
+    uses_kl: bool  # whether `loss` reads the per-sample KL (else the caller may pass None)
+
+    def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor | None) -> Tensor: ...
 
     def step_stats(self, ratio: Tensor) -> dict[str, Tensor]: ...
 
@@ -84,10 +86,12 @@ class Objective(Protocol):
 class ClippedObjective:
     """L^CLIP with clip range ε."""
 
+    uses_kl = False
+
     def __init__(self, clip_range: float = 0.2):
         self.clip_range = clip_range
 
-    def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor) -> Tensor:
+    def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor | None) -> Tensor:
         return clipped_surrogate_loss(ratio, advantages, self.clip_range)
 
     def step_stats(self, ratio: Tensor) -> dict[str, Tensor]:
@@ -109,6 +113,8 @@ class AdaptiveKLPenalty:
     Thresholds are multiples of ``kl_target``; ``decrease_below=None`` means 1 / increase_above.
     """
 
+    uses_kl = True
+
     def __init__(self, kl_target: float = 0.01, beta_init: float = 1.0, increase_above: float = 1.5,
                  decrease_below: float | None = None, factor: float = 2.0, beta_min: float = 1e-4,
                  beta_max: float = 1e4):
@@ -126,7 +132,9 @@ class AdaptiveKLPenalty:
         self.beta_min = beta_min
         self.beta_max = beta_max
 
-    def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor) -> Tensor:
+    def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor | None) -> Tensor:
+        if kl is None:
+            raise ValueError("the KL-penalty objective needs the per-sample KL")
         return kl_penalty_loss(ratio, advantages, kl, self.beta)
 
     def step_stats(self, ratio: Tensor) -> dict[str, Tensor]:

@@ -11,9 +11,8 @@ from torch import nn
 
 from polopt.batch import Batch
 from polopt.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, ValueFitterConfig
-from polopt.guards import all_finite
 from polopt.networks import Policy
-from polopt.optim import adam
+from polopt.optim import adam, clip_grad_norm, nonfinite_flag
 from polopt.updaters.base import ValueFitterFactory
 
 
@@ -37,23 +36,22 @@ class VPG:
     def update(self, batch: Batch) -> dict[str, float]:
         start = time.perf_counter()
         dist = self.policy.distribution
-        skipped = 0
+        skipped_before = self.optimizer.skipped.clone()
         for _ in range(self.gradient_steps):
             log_prob = dist.log_prob(self.policy(batch.obs), batch.actions)
             loss = policy_gradient_loss(log_prob, batch.advantages)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
-            if not all_finite([loss, grad_norm]):
-                skipped += 1
-                continue
-            self.optimizer.step()
+            grad_norm = clip_grad_norm(self.optimizer.grads(), self.max_grad_norm)
+            self.optimizer.guarded_step(nonfinite_flag([loss, grad_norm]))  # non-finite: skipped on the device
+        loss_value, norm, skipped = torch.stack(
+            [loss.detach(), grad_norm, self.optimizer.skipped - skipped_before]).tolist()
         policy_s = time.perf_counter() - start
         metrics = self.value_fitter.fit(batch.obs, batch.returns, batch.old_values)
         metrics.update({
-            "update/policy_loss": float(loss.detach()),
-            "update/grad_norm": float(grad_norm),
-            "update/skipped_steps": float(skipped),
+            "update/policy_loss": loss_value,
+            "update/grad_norm": norm,
+            "update/skipped_steps": skipped,
             "time/policy_update_s": policy_s,
             "time/value_update_s": time.perf_counter() - start - policy_s,
         })
