@@ -9,7 +9,7 @@ Jacobian-vector product that sizes the step with the batch's exact Fisher (ACKTR
 "sampled" variant sizes it with the batch's sampled Fisher and "kfac" with F̂. Repeats of the variants
 are interleaved so that background load affects them alike; medians are reported.
 
-    python scripts/bench_kfac.py [--batch 320] [--repeats 60] [--threads 1] [--device cpu]
+    python scripts/bench_kfac.py [--batch 320] [--repeats 60] [--threads 1] [--device cpu] [--no-scaling]
 
 Prints a JSON dict; :func:`benchmark` returns it for other scripts.
 """
@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -46,23 +47,43 @@ def _synchronize(device: torch.device) -> None:
 
 def benchmark(batch: int = 320, obs_dim: int = 11, action_dim: int = 3, hidden: tuple[int, ...] = (64, 64),
               repeats: int = 60, inv_every: int = 10, threads: int | None = 1, device: str = "cpu",
-              seed: int = 0) -> dict[str, float | int | str]:
+              seed: int = 0, scale: bool = True) -> dict[str, Any]:
     """Median seconds per update of each variant, and the ratios to the plain step.
 
     `threads` sets torch's intra-op threads for the measurement only (restored afterwards); `device`
-    may be "auto" (CUDA when available).
+    may be "auto" (CUDA when available). With `scale`, :func:`scaling` adds the ratios at larger sizes.
     """
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(batch, obs_dim, action_dim, hidden, repeats, inv_every, device, seed)
+        result = _measure(batch, obs_dim, action_dim, hidden, repeats, inv_every, device, seed)
+        result["scaling"] = scaling(obs_dim, action_dim, inv_every, device, seed) if scale else "skipped"
+        return result
     finally:
         torch.set_num_threads(previous_threads)
 
 
+# (batch, hidden) pairs for the scaling check: the default ACKTR batch and a TRPO-sized one, at Hopper's
+# 64×64 and at 256×256.
+SCALING_SIZES = ((320, (64, 64)), (2560, (64, 64)), (320, (256, 256)), (2560, (256, 256)))
+
+
+def scaling(obs_dim: int, action_dim: int, inv_every: int, device: str, seed: int, repeats: int = 8) -> dict:
+    """The K-FAC/plain ratios at larger batches and layers: per-op overhead shrinks there, so what is left
+    is the arithmetic itself (the sampled-Fisher backward and the factor products cost about as much as
+    the forward and backward of the plain step)."""
+    rows = {}
+    for batch, hidden in SCALING_SIZES:
+        measured = _measure(batch, obs_dim, action_dim, hidden, repeats, inv_every, device, seed)
+        rows[f"batch{batch}_hidden{'x'.join(map(str, hidden))}"] = {
+            "plain_ms": 1e3 * measured["plain_step_s"],
+            **{f"{source}_ratio": measured[f"kfac_{source}_ratio"] for source in ("kfac", "sampled", "exact")}}
+    return rows
+
+
 def _measure(batch: int, obs_dim: int, action_dim: int, hidden: tuple[int, ...], repeats: int, inv_every: int,
-             device: str, seed: int) -> dict[str, float | int | str]:
+             device: str, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -108,9 +129,9 @@ def _measure(batch: int, obs_dim: int, action_dim: int, hidden: tuple[int, ...],
             _synchronize(dev)
             if repeat >= 3:
                 times[name].append((time.perf_counter() - start) / inv_every)
-    result: dict[str, float | int | str] = {name: statistics.median(ts) for name, ts in times.items()}
+    result: dict[str, Any] = {name: statistics.median(ts) for name, ts in times.items()}
     for source in ("kfac", "sampled", "exact"):
-        result[f"kfac_{source}_ratio"] = result[f"kfac_{source}_update_s"] / result["plain_step_s"]  # type: ignore[operator]
+        result[f"kfac_{source}_ratio"] = result[f"kfac_{source}_update_s"] / result["plain_step_s"]
     result.update({"target_ratio": TARGET_RATIO, "batch": batch, "obs_dim": obs_dim, "action_dim": action_dim,
                    "hidden": "x".join(map(str, hidden)), "inv_every": inv_every, "repeats": repeats,
                    "threads": torch.get_num_threads(), "device": str(dev)})
@@ -124,9 +145,10 @@ def main() -> None:
     parser.add_argument("--inv-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the larger-size ratios")
     args = parser.parse_args()
     result = benchmark(batch=args.batch, repeats=args.repeats, inv_every=args.inv_every,
-                       threads=args.threads or None, device=args.device)
+                       threads=args.threads or None, device=args.device, scale=not args.no_scaling)
     print(json.dumps(result, indent=2))
 
 

@@ -20,7 +20,8 @@ Measured in one run and written to ``results/benchmark.json`` and ``BENCHMARKS.m
 5. levers, on one updater (``--lever-updater``): the same run with torch_threads changed, with the
    gymnasium backend (sync and async) instead of envpool, pinned like the runs of 3; and on all cores,
    not pinned (ratio to the rate of the cores used);
-6. the dicts returned by ``scripts/bench_fvp.py`` and ``scripts/bench_kfac.py`` where present.
+6. the dicts returned by ``scripts/bench_fvp.py``, ``scripts/bench_kfac.py`` and ``scripts/bench_compile.py``
+   where present.
 
 ``--cores N`` pins everything (this process and its children) to the first N CPUs of this process's
 affinity, so the ratios are per the cores actually used. Each ratio row records its own cores and
@@ -210,7 +211,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lever-updater", default=None, help="updater for the lever runs (default: trpo, else "
                         "the first updater)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["collector", "e2e", "whole_machine", "levers", "fvp", "kfac"])
+                        choices=["collector", "e2e", "whole_machine", "levers", "fvp", "kfac", "compile"])
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmark.json"))
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every end-to-end run (after --)")
@@ -240,7 +241,7 @@ def main() -> None:
     result["settings"]["lever_updater"] = args.lever_updater
     if "levers" not in args.skip:
         result["levers"] = levers(args, backend, result["end_to_end"].get(args.lever_updater), raw)
-    for name in ("fvp", "kfac"):
+    for name in ("fvp", "kfac", "compile"):
         result[name] = {"skipped": "--skip"} if name in args.skip else measure.external(
             ROOT / "scripts" / f"bench_{name}.py", args.device)
     result["machine"]["load_average_at_end"] = list(os.getloadavg())

@@ -182,7 +182,9 @@ def markdown(result: dict) -> str:
              *machine_section(result), *physics_section(result), *collector_section(result), *e2e_section(result),
              *whole_machine_section(result), *levers_section(result),
              *external_section("Fisher-vector products (scripts/bench_fvp.py)", result.get("fvp", {})),
-             *external_section("K-FAC update vs a plain gradient step (scripts/bench_kfac.py)", result.get("kfac", {}))]
+             *external_section("K-FAC update vs a plain gradient step (scripts/bench_kfac.py)", result.get("kfac", {})),
+             *external_section("torch.compile of the minibatch loops (scripts/bench_compile.py)",
+                               result.get("compile", {}))]
     return "\n".join(lines)
 
 

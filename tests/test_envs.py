@@ -42,6 +42,18 @@ def test_envpool_rejects_options_it_cannot_honour(options, message):
         make_vector_env("Hopper-v5", 2, backend="envpool", **options)
 
 
+@pytest.mark.parametrize(("num_envs", "cpus", "given", "expected"), [(8, 2, None, 2), (8, 1, None, 1),
+                                                                    (2, 16, None, 2), (8, 1, 4, 4)])
+def test_envpool_threads_default_to_the_cpus_the_run_may_use(monkeypatch, num_envs, cpus, given, expected):
+    """envpool's own default counts every core of the machine, which oversubscribes a pinned run."""
+    pytest.importorskip("envpool")
+    monkeypatch.setattr(envpool_backend, "usable_cores", lambda: cpus)
+    envs = make_vector_env("CartPole-v1", num_envs, backend="envpool",
+                           kwargs=None if given is None else {"num_threads": given})
+    assert envs._options["num_threads"] == expected
+    envs.close()
+
+
 def test_envpool_exposes_gymnasium_spaces_and_spec():
     pytest.importorskip("envpool")
     import gymnasium as gym
