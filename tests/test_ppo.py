@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 
 import gymnasium as gym
 import pytest
@@ -325,3 +326,27 @@ def sustained_best(rows: list[dict], window: int = 3) -> float:
 def test_solves_cartpole_within_100k_steps(run_training, updater):
     rows = run_training([f"updater={updater}", "env=cartpole", "total_steps=100000", "seed=0", ONE_THREAD])
     assert sustained_best(rows) >= 475.0
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.parametrize("updater", ["ppo_clip", "ppo_kl"])
+def test_compiled_minibatch_loss_updates_like_eager(updater):
+    """updater.compile=true runs the same loss through generated kernels: same update up to rounding,
+    and adapting β between updates does not recompile (it is read as a tensor input)."""
+    from torch._dynamo.utils import counters
+
+    results = {}
+    for compiled in (False, True):
+        parts = small_run(updater, "pendulum", f"updater.compile={str(compiled).lower()}", "updater.epochs=2")
+        batch = collect_batch(parts)
+        counters.clear()
+        metrics = [parts.updater.update(batch) for _ in range(3)]
+        results[compiled] = (flat_params(parts.policy), flat_params(parts.value), metrics)
+        parts.envs.close()
+    assert counters["stats"]["unique_graphs"] == 1  # one minibatch size, and β read as an input
+    for eager, compiled in zip(results[False][:2], results[True][:2], strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for eager, compiled in zip(results[False][2], results[True][2], strict=True):
+        assert compiled.get("update/beta") == eager.get("update/beta")
+        assert compiled["update/policy_loss"] == pytest.approx(eager["update/policy_loss"], rel=1e-3, abs=1e-5)

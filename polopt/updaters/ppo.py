@@ -83,13 +83,15 @@ class PPO:
     policy loss and steps both networks with one optimizer and one gradient clip, as the reference
     implementation does; ``"fitter"`` trains the policy alone and then calls the value fitter.
     ``target_kl`` stops the epochs once an epoch's mean analytic KL exceeds it. With ``anneal_lr``
-    the learning rate decays linearly to 0 over ``anneal_steps`` environment steps.
+    the learning rate decays linearly to 0 over ``anneal_steps`` environment steps. ``compile``
+    runs each minibatch's loss (and so its backward) through torch.compile.
     """
 
     def __init__(self, policy: Policy, value: nn.Module, value_fitter: ValueFitterFactory, objective: Objective,
                  lr: float = 3e-4, epochs: int = 10, minibatches: int = 32, max_grad_norm: float | None = 0.5,
                  entropy_coef: float = 0.0, value_training: str = "joint", value_coef: float = 0.5,
-                 target_kl: float | None = None, anneal_lr: bool = False, anneal_steps: int | None = None):
+                 target_kl: float | None = None, anneal_lr: bool = False, anneal_steps: int | None = None,
+                 compile: bool = False):
         if value_training not in VALUE_TRAINING:
             raise ValueError(f"value_training must be one of {VALUE_TRAINING}, got {value_training!r}")
         if anneal_lr and not anneal_steps:
@@ -110,6 +112,9 @@ class PPO:
         self.target_kl = target_kl
         self.anneal_steps = anneal_steps if anneal_lr else None
         self.steps_seen = 0  # environment steps of the batches updated on so far (drives the decay)
+        # torch.compile turns each minibatch's forward and backward into generated kernels (measured in
+        # scripts/bench_compile.py); the first minibatch of each size pays the compilation.
+        self.minibatch_loss = torch.compile(self._minibatch_loss, dynamic=False) if compile else self._minibatch_loss
 
     def loss_terms(self, batch: Batch) -> LossTerms:
         dist = self.policy.distribution
@@ -120,6 +125,10 @@ class PPO:
         value_loss = self.value_fitter.loss(batch.obs, batch.returns, batch.old_values) if self.joint else None
         return LossTerms(self.objective.loss(ratio, batch.advantages, kl), value_loss,
                          dist.entropy(params).mean(), ratio, kl)
+
+    def _minibatch_loss(self, minibatch: Batch) -> tuple[Tensor, LossTerms]:
+        terms = self.loss_terms(minibatch)
+        return self.total_loss(terms), terms
 
     def total_loss(self, terms: LossTerms) -> Tensor:
         loss = terms.policy - self.entropy_coef * terms.entropy
@@ -156,8 +165,7 @@ class PPO:
         for _ in range(self.epochs):
             epoch_kl = MeanTracker()
             for minibatch in batch.minibatches(self.minibatches):
-                terms = self.loss_terms(minibatch)
-                loss = self.total_loss(terms)
+                loss, terms = self.minibatch_loss(minibatch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = clip_grad_norm(self.optimizer.grads(), self.max_grad_norm)
@@ -232,6 +240,7 @@ class PPOConfig:
     target_kl: float | None = None
     anneal_lr: bool = True
     anneal_steps: int | None = "${total_steps}"  # type: ignore[assignment]
+    compile: bool = False
     value_fitter: ValueFitterConfig = field(default_factory=ValueFitterConfig)
     ranges: ClassVar[dict[str, Range]] = {"lr": NON_NEGATIVE, "epochs": AT_LEAST_ONE,
                                           "minibatches": AT_LEAST_ONE, "max_grad_norm": POSITIVE,

@@ -27,7 +27,7 @@ def clipped_surrogate_loss(ratio: Tensor, advantages: Tensor, clip_range: float)
     return -torch.minimum(unclipped, clipped).mean()
 
 
-def kl_penalty_loss(ratio: Tensor, advantages: Tensor, kl: Tensor, beta: float) -> Tensor:
+def kl_penalty_loss(ratio: Tensor, advantages: Tensor, kl: Tensor, beta: float | Tensor) -> Tensor:
     """−L^KLPEN(θ) = −E[r_t Â_t − β KL[π_old(·|s_t), π_θ(·|s_t)]] (eq. 8), KL per sample."""
     return -(ratio * advantages).mean() + beta * kl.mean()
 
@@ -126,6 +126,9 @@ class AdaptiveKLPenalty:
             raise ValueError(f"beta_init={beta_init} must lie in [beta_min, beta_max] = [{beta_min}, {beta_max}]")
         self.kl_target = kl_target
         self.beta = beta_init
+        # β as a 0-dim tensor kept equal to `beta`: a compiled loss reads it as an input, not as a
+        # constant, so adapting β does not recompile (a CPU scalar combines with tensors on any device).
+        self.beta_tensor = torch.tensor(beta_init, dtype=torch.float32)
         self.increase_above = increase_above
         self.decrease_below = decrease_below
         self.factor = factor
@@ -135,7 +138,7 @@ class AdaptiveKLPenalty:
     def loss(self, ratio: Tensor, advantages: Tensor, kl: Tensor | None) -> Tensor:
         if kl is None:
             raise ValueError("the KL-penalty objective needs the per-sample KL")
-        return kl_penalty_loss(ratio, advantages, kl, self.beta)
+        return kl_penalty_loss(ratio, advantages, kl, self.beta_tensor)
 
     def step_stats(self, ratio: Tensor) -> dict[str, Tensor]:
         return {}
@@ -143,6 +146,7 @@ class AdaptiveKLPenalty:
     def end_update(self, kl: float) -> dict[str, float]:
         self.beta = adapt_beta(self.beta, kl, self.kl_target, self.increase_above, self.decrease_below,
                                self.factor, self.beta_min, self.beta_max)
+        self.beta_tensor.fill_(self.beta)
         return {"update/beta": self.beta}
 
     def state_dict(self) -> dict:
@@ -150,3 +154,4 @@ class AdaptiveKLPenalty:
 
     def load_state_dict(self, state: dict) -> None:
         self.beta = float(state["beta"])
+        self.beta_tensor.fill_(self.beta)
