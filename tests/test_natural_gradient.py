@@ -61,21 +61,26 @@ def test_kl_normalized_scale_puts_the_quadratic_kl_model_at_delta():
     assert scale[3].item() == 0.0  # s = 0: nothing to scale, and no inf/nan
 
 
+@pytest.mark.parametrize("stop_early", [True, False])
 @pytest.mark.parametrize("ratio, max_iters, kl_divisor", [(0.8, 10, 800), (0.5, 6, 8), (0.5, 4, 8), (0.9, 1, 800)])
-def test_line_search_takes_the_first_acceptable_trial(ratio, max_iters, kl_divisor):
-    """Trials βs on f(β) = β − β² (improves for 0 < β < 1), KL = β²/kl_divisor, vs a reference loop."""
+def test_line_search_takes_the_first_acceptable_trial(ratio, max_iters, kl_divisor, stop_early):
+    """Trials βs on f(β) = β − β² (improves for 0 < β < 1), KL = β²/kl_divisor, vs a reference loop;
+    reading each verdict or deciding on the device over all trials gives the same outcome."""
     direction = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    trials = []
 
     def evaluate(step):
+        trials.append(step)
         return step[0] - step[0] ** 2, step[0] ** 2 / kl_divisor
 
-    outcome = BacktrackingLineSearch(KLNormalizedStep(MAX_KL), MAX_KL, ratio, max_iters).decide(
+    outcome = BacktrackingLineSearch(KLNormalizedStep(MAX_KL), MAX_KL, ratio, max_iters, stop_early).decide(
         StepProblem(direction, torch.tensor(1.0), evaluate), torch.tensor(3.0, dtype=torch.float64))
     betas = [3.0 * ratio**k for k in range(max_iters)]
     expected = next((k for k, b in enumerate(betas) if 0 < b < 1 and b**2 / kl_divisor <= MAX_KL), None)
-    assert outcome.accepted == (expected is not None)
-    assert outcome.backtracks == (max_iters if expected is None else expected)
+    assert bool(outcome.accepted) == (expected is not None)
+    assert int(outcome.backtracks) == (max_iters if expected is None else expected)
     torch.testing.assert_close(outcome.step, (0.0 if expected is None else betas[expected]) * direction)
+    assert len(trials) == (max_iters if expected is None or not stop_early else expected + 1)
 
 
 def make_updater(policy, value, solver, step_rule, fvp=None) -> NaturalGradient:
@@ -290,3 +295,22 @@ def test_reaches_minus_250_on_pendulum_median_of_3_seeds(updater, run_training):
                              f"seed={seed}", *LEARNING[updater]], name=f"seed{seed}")
         finals.append(final_return(rows))
     assert sorted(finals)[1] >= -250.0, finals
+
+
+def test_device_decided_line_search_gives_the_trpo_update_bit_for_bit():
+    from polopt.rollout import rollout_to_batch
+    from polopt.trainer import build
+
+    results = []
+    for stop_early in ("true", "false"):
+        parts = build(compose_config(["updater=trpo", "env=pendulum", "num_envs=2", "steps_per_env=64",
+                                      "logger=none", f"updater.step_rule.stop_early={stop_early}"]))
+        rollout = parts.collector.collect(parts.acting_policy)
+        batch = rollout_to_batch(rollout, parts.policy, parts.value, 0.99, 0.95, True, parts.device)
+        metrics = parts.updater.policy_step(batch)
+        results.append((snapshot(parts.policy), metrics))
+        parts.envs.close()
+    (early, early_metrics), (device, device_metrics) = results
+    for a, b in zip(early, device, strict=True):
+        assert torch.equal(a, b)
+    assert early_metrics == device_metrics

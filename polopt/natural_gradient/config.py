@@ -73,6 +73,7 @@ class LineSearchConfig(PieceConfig):
     max_kl: float = 0.01
     ratio: float = 0.8
     max_iters: int = 10
+    stop_early: bool | None = None  # None: read each verdict on the CPU only (see BacktrackingLineSearch)
     # The full step it backtracks from; its δ follows the line search's by interpolation.
     proposal: PieceConfig = field(
         default_factory=lambda: KLNormalizedStepConfig(max_kl="${..max_kl}"))  # type: ignore[arg-type]

@@ -34,8 +34,8 @@ class StepOutcome:
 
     step: Tensor
     scale: Tensor
-    accepted: bool
-    backtracks: int
+    accepted: bool | Tensor  # a 0-dim bool tensor when decided without reading anything back
+    backtracks: int | Tensor
 
 
 class StepRule(Protocol):
@@ -84,23 +84,50 @@ class KLNormalizedStep:
 class BacktrackingLineSearch:
     """TRPO's line search (Schulman et al. 2015): tries β·ratioᵏ for k = 0 … max_iters − 1 and
     takes the first step whose surrogate improves and whose mean KL(π_old‖π_new) ≤ max_kl; if none
-    does, the step is 0. Each trial costs one forward pass and one host read of its verdict."""
+    does, the step is 0.
 
-    def __init__(self, proposal: StepRule, max_kl: float = 0.01, ratio: float = 0.8, max_iters: int = 10):
+    ``stop_early`` reads each trial's verdict and stops at the first acceptable one; otherwise every
+    trial is evaluated and the first acceptable one picked on the device, with nothing read back (on
+    a GPU a read waits for the device; on the CPU it is free). ``None`` picks by the device: stop
+    early on the CPU only. Both give the same step.
+    """
+
+    def __init__(self, proposal: StepRule, max_kl: float = 0.01, ratio: float = 0.8, max_iters: int = 10,
+                 stop_early: bool | None = None):
         self.proposal = proposal
         self.max_kl = max_kl
         self.ratio = ratio
         self.max_iters = max_iters
+        self.stop_early = stop_early
 
     def propose(self, curvature: Tensor) -> Tensor:
         return self.proposal.propose(curvature)
 
     def decide(self, problem: StepProblem, scale: Tensor) -> StepOutcome:
+        stop_early = problem.direction.device.type == "cpu" if self.stop_early is None else self.stop_early
+        return self._first_acceptable(problem, scale) if stop_early else self._all_trials(problem, scale)
+
+    def _acceptable(self, problem: StepProblem, step: Tensor) -> Tensor:
+        improvement, kl = problem.evaluate(step)
+        return (improvement > 0) & (kl <= self.max_kl)
+
+    def _first_acceptable(self, problem: StepProblem, scale: Tensor) -> StepOutcome:
         for k in range(self.max_iters):
             trial_scale = scale * self.ratio**k
             step = trial_scale * problem.direction
-            improvement, kl = problem.evaluate(step)
-            if bool((improvement > 0) & (kl <= self.max_kl)):
+            if bool(self._acceptable(problem, step)):
                 return StepOutcome(step, trial_scale, accepted=True, backtracks=k)
         return StepOutcome(torch.zeros_like(problem.direction), torch.zeros_like(scale), accepted=False,
                            backtracks=self.max_iters)
+
+    def _all_trials(self, problem: StepProblem, scale: Tensor) -> StepOutcome:
+        accepted = torch.zeros((), dtype=torch.bool, device=scale.device)
+        chosen = torch.zeros_like(scale)
+        backtracks = torch.full((), self.max_iters, device=scale.device)
+        for k in range(self.max_iters):
+            trial_scale = scale * self.ratio**k
+            take = self._acceptable(problem, trial_scale * problem.direction) & ~accepted
+            chosen = torch.where(take, trial_scale, chosen)
+            backtracks = torch.where(take, k, backtracks)
+            accepted = accepted | take
+        return StepOutcome(chosen * problem.direction, chosen, accepted=accepted, backtracks=backtracks)

@@ -80,7 +80,10 @@ class NaturalGradient:
             return trial_objective - objective_old, kl
 
         outcome = self.step_rule.decide(StepProblem(direction, curvature, trial), scale)
-        if outcome.accepted:
+        if isinstance(outcome.accepted, Tensor):  # decided on the device: a rejection writes θ_old back exactly
+            write_flat_(self.params, torch.where(outcome.accepted, surrogate.theta_old + outcome.step,
+                                                 surrogate.theta_old))
+        elif outcome.accepted:
             write_flat_(self.params, surrogate.theta_old + outcome.step)
         after = surrogate.evaluate()
         return _step_metrics(objective_old, gradient, curvature, outcome, after, solution.metrics)
@@ -105,12 +108,13 @@ def _step_metrics(objective_old: Tensor, gradient: Tensor, curvature: Tensor, ou
         "update/sFs": curvature,
         "update/step_size": outcome.scale,
         "update/step_norm": outcome.step.norm(),
+        "update/backtracks": torch.as_tensor(outcome.backtracks, device=gradient.device),
+        "update/line_search_accepted": torch.as_tensor(outcome.accepted, device=gradient.device),
         **solver_metrics,
     }
     floats = torch.stack([v.detach().to(gradient.dtype) for v in values.values()]).tolist()  # one sync
     metrics = dict(zip(values, floats, strict=True))
-    metrics.update({"update/backtracks": float(outcome.backtracks),
-                    "update/line_search_accepted": float(outcome.accepted), "update/skipped_steps": 0.0})
+    metrics["update/skipped_steps"] = 0.0
     return metrics
 
 
