@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -14,6 +14,17 @@ def chunk_slices(size: int, chunks: int) -> list[slice]:
     """The slices ``torch.arange(size).chunk(chunks)`` would cut: equal parts of ⌈size/chunks⌉, the last shorter."""
     step = -(-size // chunks)
     return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def shuffled_minibatches(tensors: Sequence[Tensor], num_minibatches: int,
+                         generator: torch.Generator | None = None) -> Iterator[list[Tensor]]:
+    """`num_minibatches` disjoint random minibatches of rows shared by `tensors` (one shuffle, then
+    contiguous slices: one gather per tensor, not per minibatch)."""
+    size = tensors[0].shape[0]
+    perm = torch.randperm(size, generator=generator).to(tensors[0].device)
+    shuffled = [t[perm] for t in tensors]
+    for part in chunk_slices(size, num_minibatches):
+        yield [t[part] for t in shuffled]
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Optimizer pieces shared by the first-order updaters: fused Adam that skips flagged steps on the
-device, a foreach gradient-norm clip and a non-finite flag, so a minibatch step needs no host sync."""
+device and a foreach gradient-norm clip, so a minibatch step needs no host sync (the flag itself is
+polopt.guards.nonfinite_flag)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -14,7 +15,7 @@ class GuardedAdam(torch.optim.Adam):
     parameter and moment bitwise unchanged when its flag is set.
 
     ``guarded_step(skip)`` takes a 0-dim float tensor (1 = skip) computed on the device, so nothing
-    waits for the host; ``self.skipped`` counts the skipped steps there (read it once per update). The
+    waits for the host; :meth:`take_skipped` hands over the count of skipped steps (read it once per update). The
     state layout is torch's own (``state_dict``/``load_state_dict`` and ``param_groups[0]["lr"]``
     work as usual). It calls the fused kernel directly: ``Adam.step``'s per-call bookkeeping costs
     several times the kernel itself for the few small tensors of an MLP.
@@ -67,6 +68,11 @@ class GuardedAdam(torch.optim.Adam):
         step -= skip  # a skipped step does not count
         self.skipped += skip
 
+    def take_skipped(self) -> Tensor:
+        """Steps skipped since the last call (a 0-dim device tensor); the count starts again at 0."""
+        skipped, self.skipped = self.skipped, torch.zeros_like(self.skipped)
+        return skipped
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drops the gradients (``Optimizer.zero_grad``'s per-call bookkeeping is most of its cost here)."""
         if not set_to_none:
@@ -78,19 +84,6 @@ class GuardedAdam(torch.optim.Adam):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._moments = None  # the state tensors were replaced
-
-
-def adam(params: Iterable[torch.nn.Parameter], lr: float) -> GuardedAdam:
-    return GuardedAdam(params, lr)
-
-
-def nonfinite_flag(tensors: Sequence[Tensor]) -> Tensor:
-    """1.0 if any element of `tensors` is NaN or ±inf, else 0.0 (a 0-dim float tensor; no host sync)."""
-    flag = torch.zeros((), device=tensors[0].device)
-    # GradScaler's foreach check; with a scale of 1 it leaves the tensors' values as they are.
-    torch._amp_foreach_non_finite_check_and_unscale_([t.detach() for t in tensors], flag,
-                                                     torch.ones((), device=flag.device))
-    return flag
 
 
 def clip_grad_norm(grads: list[Tensor], max_norm: float | None) -> Tensor:

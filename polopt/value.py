@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from polopt.batch import chunk_slices
-from polopt.optim import adam, clip_grad_norm, nonfinite_flag
+from polopt.batch import shuffled_minibatches
+from polopt.guards import nonfinite_flag
+from polopt.optim import GuardedAdam, clip_grad_norm
 
 
 class ValueFitter:
@@ -20,7 +21,7 @@ class ValueFitter:
                  max_grad_norm: float | None = None, clip_range: float | None = None):
         self.value = value
         self.params = [p for p in value.parameters() if p.requires_grad]
-        self.optimizer = adam(self.params, lr)
+        self.optimizer = GuardedAdam(self.params, lr)
         self.epochs = epochs
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm
@@ -37,13 +38,9 @@ class ValueFitter:
     def fit(self, obs: Tensor, returns: Tensor, old_values: Tensor) -> dict[str, float]:
         """`epochs` passes over the batch in `minibatches` random disjoint minibatches. A step whose
         gradient is non-finite is skipped on the device (weights and Adam moments untouched)."""
-        skipped_before = self.optimizer.skipped.clone()
         for _ in range(self.epochs):
-            # One shuffle per epoch, then contiguous slices: 3 gathers per epoch instead of per minibatch.
-            perm = torch.randperm(obs.shape[0]).to(obs.device)
-            shuffled = obs[perm], returns[perm], old_values[perm]
-            for idx in chunk_slices(obs.shape[0], self.minibatches):
-                loss = self.loss(*(t[idx] for t in shuffled))
+            for minibatch in shuffled_minibatches([obs, returns, old_values], self.minibatches):
+                loss = self.loss(*minibatch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grads = self.optimizer.grads()
@@ -54,7 +51,7 @@ class ValueFitter:
         with torch.no_grad():
             values = self.value(obs)
             final_loss = 0.5 * (values - returns).pow(2).mean()
-        final_loss, skipped = torch.stack([final_loss, self.optimizer.skipped - skipped_before]).tolist()
+        final_loss, skipped = torch.stack([final_loss, self.optimizer.take_skipped()]).tolist()
         return {"update/value_loss": final_loss, "update/value_skipped_steps": skipped}
 
     def state_dict(self) -> dict:

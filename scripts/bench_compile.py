@@ -27,9 +27,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from polopt.batch import chunk_slices
+from polopt.batch import shuffled_minibatches
 from polopt.networks import make_policy, make_value
-from polopt.optim import adam
+from polopt.optim import GuardedAdam
 from polopt.updaters.ppo_losses import clipped_surrogate_loss, probability_ratio
 
 
@@ -46,15 +46,13 @@ def _problem(batch: int) -> dict[str, Any]:
 
 def _passes(loss_fn: Callable[..., torch.Tensor], params: list[torch.nn.Parameter], data: list[torch.Tensor],
             epochs: int, minibatches: int) -> Callable[[], None]:
-    optimizer = adam(params, 1e-4)
+    optimizer = GuardedAdam(params, 1e-4)
     no_skip = torch.zeros(())
 
     def run() -> None:
         for _ in range(epochs):
-            perm = torch.randperm(len(data[0]))
-            shuffled = [t[perm] for t in data]
-            for part in chunk_slices(len(perm), minibatches):
-                loss = loss_fn(*(t[part] for t in shuffled))
+            for minibatch in shuffled_minibatches(data, minibatches):
+                loss = loss_fn(*minibatch)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.guarded_step(no_skip)

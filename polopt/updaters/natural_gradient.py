@@ -80,11 +80,9 @@ class NaturalGradient:
             return trial_objective - objective_old, kl
 
         outcome = self.step_rule.decide(StepProblem(direction, curvature, trial), scale)
-        if isinstance(outcome.accepted, Tensor):  # decided on the device: a rejection writes θ_old back exactly
-            write_flat_(self.params, torch.where(outcome.accepted, surrogate.theta_old + outcome.step,
-                                                 surrogate.theta_old))
-        elif outcome.accepted:
-            write_flat_(self.params, surrogate.theta_old + outcome.step)
+        accepted = torch.as_tensor(outcome.accepted, device=direction.device)  # a bool, or decided on the device
+        # A rejection writes θ_old back exactly (θ_old + 0 would turn −0.0 into +0.0).
+        write_flat_(self.params, torch.where(accepted, surrogate.theta_old + outcome.step, surrogate.theta_old))
         after = surrogate.evaluate()
         return _step_metrics(objective_old, gradient, curvature, outcome, after, solution.metrics)
 

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from polopt.batch import Batch
 from polopt.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, ValueFitterConfig
+from polopt.guards import nonfinite_flag
 from polopt.networks import Policy
-from polopt.optim import adam, clip_grad_norm, nonfinite_flag
+from polopt.optim import GuardedAdam, clip_grad_norm
 from polopt.updaters.base import ValueFitterFactory
 from polopt.updaters.ppo_losses import (
     AdaptiveKLPenalty,
@@ -103,7 +104,7 @@ class PPO:
         self.joint = value_training == "joint"
         self.params = unique_parameters([policy, value] if self.joint else [policy])
         self.lr = lr
-        self.optimizer = adam(self.params, lr)
+        self.optimizer = GuardedAdam(self.params, lr)
         self.epochs = epochs
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm
@@ -160,7 +161,6 @@ class PPO:
         ``update/policy_loss`` is the objective's loss (for the penalty variant, including β·KL).
         A step with a non-finite loss or gradient is skipped on the device (no host sync per step)."""
         stats = MeanTracker()
-        skipped_before = self.optimizer.skipped.clone()
         epochs_run = 0
         for _ in range(self.epochs):
             epoch_kl = MeanTracker()
@@ -180,7 +180,7 @@ class PPO:
             if self.target_kl is not None and epoch_kl.means().get("kl", 0.0) > self.target_kl:
                 break
         self.optimizer.zero_grad(set_to_none=True)
-        skipped = float(self.optimizer.skipped - skipped_before)
+        skipped = float(self.optimizer.take_skipped())
         return {**stats.means(), "update/epochs": float(epochs_run), "update/skipped_steps": skipped}
 
     @torch.no_grad()

@@ -11,8 +11,9 @@ from torch import nn
 
 from polopt.batch import Batch
 from polopt.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, ValueFitterConfig
+from polopt.guards import nonfinite_flag
 from polopt.networks import Policy
-from polopt.optim import adam, clip_grad_norm, nonfinite_flag
+from polopt.optim import GuardedAdam, clip_grad_norm
 from polopt.updaters.base import ValueFitterFactory
 
 
@@ -28,7 +29,7 @@ class VPG:
                  lr: float = 3e-4, gradient_steps: int = 1, max_grad_norm: float | None = None):
         self.policy = policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = adam(self.params, lr)
+        self.optimizer = GuardedAdam(self.params, lr)
         self.gradient_steps = gradient_steps
         self.max_grad_norm = max_grad_norm
         self.value_fitter = value_fitter(value)
@@ -36,7 +37,6 @@ class VPG:
     def update(self, batch: Batch) -> dict[str, float]:
         start = time.perf_counter()
         dist = self.policy.distribution
-        skipped_before = self.optimizer.skipped.clone()
         for _ in range(self.gradient_steps):
             log_prob = dist.log_prob(self.policy(batch.obs), batch.actions)
             loss = policy_gradient_loss(log_prob, batch.advantages)
@@ -45,7 +45,7 @@ class VPG:
             grad_norm = clip_grad_norm(self.optimizer.grads(), self.max_grad_norm)
             self.optimizer.guarded_step(nonfinite_flag([loss, grad_norm]))  # non-finite: skipped on the device
         loss_value, norm, skipped = torch.stack(
-            [loss.detach(), grad_norm, self.optimizer.skipped - skipped_before]).tolist()
+            [loss.detach(), grad_norm, self.optimizer.take_skipped()]).tolist()
         policy_s = time.perf_counter() - start
         metrics = self.value_fitter.fit(batch.obs, batch.returns, batch.old_values)
         metrics.update({
